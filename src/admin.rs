@@ -1,0 +1,241 @@
+//! The admin API (Envoy's paths on 127.0.0.1:15000), the readiness listener (15021) and the
+//! Prometheus listener (15090). It reads the snapshot and the stat store; it never changes
+//! routing.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::app::AppState;
+use crate::stats::{render, RenderOptions};
+
+/// Which listener a request came in on: each serves a subset of paths, like istio-proxy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Admin,
+    Health,
+    Prometheus,
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, surface: Surface) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, surface, req)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn handle(state: &AppState, surface: Surface, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    match (surface, path) {
+        (_, "/healthz/ready") | (Surface::Admin, "/ready") => ready(state),
+        (Surface::Admin | Surface::Prometheus, "/stats/prometheus") => match options(query) {
+            Ok(opts) => {
+                state.server_stats.refresh();
+                let body = render::prometheus(&state.stats.snapshot(), &opts);
+                reply(StatusCode::OK, "text/plain; version=0.0.4", body)
+            }
+            Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", e),
+        },
+        (Surface::Admin, "/stats") => match options(query) {
+            Ok(opts) => {
+                state.server_stats.refresh();
+                let snapshot = state.stats.snapshot();
+                if param(query, "format").as_deref() == Some("json") {
+                    reply(
+                        StatusCode::OK,
+                        "application/json",
+                        render::json(&snapshot, &opts),
+                    )
+                } else if param(query, "format").as_deref() == Some("prometheus") {
+                    reply(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4",
+                        render::prometheus(&snapshot, &opts),
+                    )
+                } else {
+                    reply(StatusCode::OK, "text/plain", render::text(&snapshot, &opts))
+                }
+            }
+            Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", e),
+        },
+        (Surface::Admin, "/config_dump") => config_dump(state),
+        (Surface::Admin, "/server_info") => server_info(state),
+        (Surface::Admin, "/listeners") => listeners(state),
+        (Surface::Admin, "/quitquitquit") if req.method() == Method::POST => {
+            state.request_shutdown();
+            reply(StatusCode::OK, "text/plain", "OK\n".into())
+        }
+        (Surface::Admin, "/quitquitquit") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use POST\n".into(),
+        ),
+        (Surface::Admin, "/") => reply(StatusCode::OK, "text/plain", INDEX.into()),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+const INDEX: &str = "egressd admin\n  /ready\n  /stats[?filter=REGEX&usedonly&format=json|prometheus]\n  /stats/prometheus\n  /listeners\n  /config_dump\n  /server_info\n  /quitquitquit (POST)\n";
+
+fn ready(state: &AppState) -> Response<Full<Bytes>> {
+    if *state.shutdown.borrow() {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "DRAINING\n".into(),
+        );
+    }
+    reply(StatusCode::OK, "text/plain", "LIVE\n".into())
+}
+
+fn config_dump(state: &AppState) -> Response<Full<Bytes>> {
+    let snapshot = state.snapshot.load();
+    let last_error = state
+        .last_reload_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let dump = serde_json::json!({
+        "bootstrap": &state.bootstrap,
+        "config_paths": &state.config_paths,
+        "snapshot": &**snapshot,
+        "last_reload_error": last_error,
+    });
+    match serde_json::to_string_pretty(&dump) {
+        Ok(body) => reply(StatusCode::OK, "application/json", body + "\n"),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            e.to_string(),
+        ),
+    }
+}
+
+fn server_info(state: &AppState) -> Response<Full<Bytes>> {
+    let info = serde_json::json!({
+        "version": format!("egressd/{}", env!("CARGO_PKG_VERSION")),
+        "state": if *state.shutdown.borrow() { "DRAINING" } else { "LIVE" },
+        "uptime_current_epoch": format!("{}s", state.started.elapsed().as_secs()),
+        "uptime_all_epochs": format!("{}s", state.started.elapsed().as_secs()),
+        "command_line_options": {
+            "concurrency": state.concurrency,
+            "drain_time_s": state.bootstrap.drain_duration.as_secs(),
+        },
+        "node": {
+            "id": format!("router~{}~{}", state.bootstrap.service_name, state.bootstrap.namespace),
+            "cluster": format!("{}.{}", state.bootstrap.service_name, state.bootstrap.namespace),
+        },
+    });
+    reply(StatusCode::OK, "application/json", format!("{info:#}\n"))
+}
+
+fn listeners(state: &AppState) -> Response<Full<Bytes>> {
+    let snapshot = state.snapshot.load();
+    let mut body = String::new();
+    for l in &snapshot.listeners {
+        body.push_str(&format!("{}::{}\n", l.name, l.address));
+    }
+    reply(StatusCode::OK, "text/plain", body)
+}
+
+fn options(query: &str) -> Result<RenderOptions, String> {
+    let filter = match param(query, "filter") {
+        Some(f) if !f.is_empty() => Some(
+            regex::RegexBuilder::new(&f)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| format!("invalid filter regex: {e}\n"))?,
+        ),
+        _ => None,
+    };
+    let used_only = query
+        .split('&')
+        .any(|p| p == "usedonly" || p.starts_with("usedonly="));
+    Ok(RenderOptions { filter, used_only })
+}
+
+/// A query parameter, percent-decoded.
+fn param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        response.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_decode() {
+        assert_eq!(
+            param("filter=edition%2Ecnn.com&usedonly", "filter").as_deref(),
+            Some("edition.cnn.com")
+        );
+        assert_eq!(param("a=1", "filter"), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        let opts = options("usedonly&filter=upstream_cx_total%24").unwrap();
+        assert!(opts.used_only);
+        assert_eq!(opts.filter.unwrap().as_str(), "upstream_cx_total$");
+    }
+}

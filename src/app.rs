@@ -1,0 +1,150 @@
+//! Process wiring: load and compile the config, start the runtime, the admin, health and
+//! Prometheus listeners, and wait for a signal or `/quitquitquit`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::cli::{check, RunArgs};
+use crate::config::{self, Bootstrap, Severity};
+use crate::routing::{self, Snapshot};
+use crate::stats;
+
+/// What every part of the running process shares.
+pub struct AppState {
+    pub bootstrap: Bootstrap,
+    pub config_paths: Vec<std::path::PathBuf>,
+    pub snapshot: ArcSwap<Snapshot>,
+    pub stats: stats::Store,
+    pub server_stats: stats::ServerStats,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    pub concurrency: usize,
+    /// The last config reload error, shown in `/config_dump`.
+    pub last_reload_error: Mutex<Option<String>>,
+    /// Set to true to stop the process (`/quitquitquit`, signals).
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl AppState {
+    pub fn request_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// Loads the config paths and compiles them; the error lists every problem.
+pub fn load_and_compile(
+    paths: &[std::path::PathBuf],
+    bootstrap: &Bootstrap,
+) -> Result<Snapshot, routing::CompileError> {
+    let loaded = config::load_paths(paths, &bootstrap.default_namespace);
+    routing::compile(&loaded, bootstrap)
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let bootstrap = args.bootstrap()?;
+    let snapshot = match load_and_compile(&args.config.config, &bootstrap) {
+        Ok(s) => s,
+        Err(e) => {
+            eprint!("{}", check::render_diagnostics(&e.diagnostics));
+            anyhow::bail!(
+                "the config has {} error(s); nothing is served",
+                e.errors().count()
+            );
+        }
+    };
+    for d in &snapshot.diagnostics {
+        match d.severity {
+            Severity::Warning => tracing::warn!("{d}"),
+            _ => tracing::info!("{d}"),
+        }
+    }
+    let concurrency = bootstrap.concurrency.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(concurrency)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(serve(bootstrap, args.config.config, snapshot, concurrency))
+}
+
+async fn serve(
+    bootstrap: Bootstrap,
+    config_paths: Vec<std::path::PathBuf>,
+    snapshot: Snapshot,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let store = stats::Store::new();
+    let server_stats = stats::ServerStats::new(&store, concurrency, env!("CARGO_PKG_VERSION"));
+    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let admin = TcpListener::bind(bootstrap.admin)
+        .await
+        .with_context(|| format!("cannot bind the admin address {}", bootstrap.admin))?;
+    let health = TcpListener::bind(bootstrap.health)
+        .await
+        .with_context(|| format!("cannot bind the health address {}", bootstrap.health))?;
+    let prometheus = TcpListener::bind(bootstrap.prometheus)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind the Prometheus address {}",
+                bootstrap.prometheus
+            )
+        })?;
+    let state = Arc::new(AppState {
+        bootstrap,
+        config_paths,
+        snapshot: ArcSwap::from_pointee(snapshot),
+        stats: store,
+        server_stats,
+        started: Instant::now(),
+        started_at: SystemTime::now(),
+        concurrency,
+        last_reload_error: Mutex::new(None),
+        shutdown,
+    });
+    tokio::spawn(crate::admin::serve(
+        admin,
+        state.clone(),
+        crate::admin::Surface::Admin,
+    ));
+    tokio::spawn(crate::admin::serve(
+        health,
+        state.clone(),
+        crate::admin::Surface::Health,
+    ));
+    tokio::spawn(crate::admin::serve(
+        prometheus,
+        state.clone(),
+        crate::admin::Surface::Prometheus,
+    ));
+    tracing::info!(admin = %state.bootstrap.admin, "egressd {} ready", env!("CARGO_PKG_VERSION"));
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = shutdown_rx.wait_for(|stop| *stop) => tracing::info!("/quitquitquit: stopping"),
+    }
+    Ok(())
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EGRESSD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,15 @@
+//! egressd: an Istio egress gateway data plane.
+//!
+//! Config flows one way: the user's Istio YAML (`config`) is compiled by `routing::compile` into an
+//! immutable `routing::Snapshot`, which the listeners and proxies serve from.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod routing;
+pub mod stats;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,1 @@
+//! Compile tests (see tests/ for the seed fixtures).

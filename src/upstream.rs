@@ -1,0 +1,4 @@
+//! Upstream side: endpoint discovery (DNS, STATIC), connection pools and TLS origination.
+
+pub mod dns;
+pub mod endpoints;
