@@ -215,7 +215,12 @@ fn load_object(file: &Arc<str>, node: Arc<Node>, default_namespace: &str, loaded
         namespace,
         labels,
         origin,
-        spec: Spec::Gateway(Default::default()),
+        spec: match kind {
+            Kind::Gateway => Spec::Gateway(Default::default()),
+            Kind::VirtualService => Spec::VirtualService(Default::default()),
+            Kind::DestinationRule => Spec::DestinationRule(Default::default()),
+            Kind::ServiceEntry => Spec::ServiceEntry(Default::default()),
+        },
     };
     if resource.name.is_empty() {
         loaded.diagnostics.push(

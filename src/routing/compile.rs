@@ -57,7 +57,7 @@ pub fn compile(loaded: &Loaded, bootstrap: &Bootstrap) -> Result<Snapshot, Compi
     let listeners = listeners::build(&mut cx, &resources, &registry);
 
     let mut diagnostics = cx.diagnostics;
-    diagnostics.sort_by(|a, b| a.severity.cmp(&b.severity));
+    diagnostics.sort_by(|a, b| (a.severity, &a.file, a.line).cmp(&(b.severity, &b.file, b.line)));
     if diagnostics.iter().any(Diagnostic::is_error) {
         return Err(CompileError { diagnostics });
     }

@@ -353,7 +353,7 @@ fn drop_conflicting<'a>(
             cx.error(
                 s.gateway,
                 &s.field,
-                format!("port {} is already used by a {} server ({first_desc}); plain-text, TCP and TLS servers cannot share a port", s.bound, describe(first_mode)),
+                format!("port {} (bound as {}) is already used by a {} server ({first_desc}); plain-text, TCP and TLS servers cannot share a port", s.port, s.bound, describe(first_mode)),
                 "give this server its own port",
             );
         }
@@ -405,6 +405,7 @@ fn tls_chains(
     bindings: &[Binding<'_>],
     registry: &Registry<'_>,
 ) -> Vec<FilterChain> {
+    let errors_before = cx.diagnostics.iter().filter(|d| d.is_error()).count();
     let mut chains: Vec<FilterChain> = Vec::new();
     let mut owners: BTreeMap<String, String> = BTreeMap::new();
     for server in servers {
@@ -486,7 +487,8 @@ fn tls_chains(
             }
         }
     }
-    if chains.is_empty() {
+    let new_errors = cx.diagnostics.iter().filter(|d| d.is_error()).count() > errors_before;
+    if chains.is_empty() && !new_errors {
         if let Some(s) = servers.first() {
             cx.warn(s.gateway, &s.field, format!("no route matches this TLS server; every connection to port {} will be refused (NR filter_chain_not_found)", s.bound));
         }
