@@ -260,3 +260,17 @@ fn errors_in_several_files_are_all_reported() {
         assert!(stderr.contains(file), "{file} not reported:\n{stderr}");
     }
 }
+
+#[test]
+fn documented_bootstrap_is_the_default() {
+    let documented = Bootstrap::from_file(std::path::Path::new("deploy/bootstrap.yaml")).unwrap();
+    assert_eq!(documented, Bootstrap::default());
+}
+
+#[test]
+fn example_config_compiles_cleanly() {
+    let s = compile("config");
+    let names: Vec<&str> = s.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["0.0.0.0_8080", "0.0.0.0_8443"]);
+    assert!(s.diagnostics.is_empty(), "{:?}", s.diagnostics);
+}

@@ -162,7 +162,7 @@ impl Default for DnsSettings {
             family: LookupFamily::V4Only,
             min_ttl: Duration::from_secs(1),
             max_ttl: Duration::from_secs(300),
-            failure_refresh: Duration::from_secs(60),
+            failure_refresh: Duration::from_secs(5),
             query_timeout: Duration::from_secs(5),
         }
     }

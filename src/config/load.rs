@@ -298,7 +298,8 @@ fn typed<T: DeserializeOwned>(resource: &Resource, spec: Value, loaded: &mut Loa
 /// serde_ignored prints sequence indices as `servers.0.foo`; show them as `servers[0].foo`.
 fn dotted_to_indexed(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
-    for part in path.split('.') {
+    // `?` marks an Option layer, not a field.
+    for part in path.split('.').filter(|p| *p != "?") {
         if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
             out.push('[');
             out.push_str(part);

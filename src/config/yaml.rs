@@ -291,7 +291,7 @@ impl Builder {
         }
         match self.stack.last_mut() {
             None => {
-                let empty = matches!(&node.kind, NodeKind::Scalar { text, plain: true, .. } if text.is_empty());
+                let empty = matches!(&node.kind, NodeKind::Scalar { text, plain: true, tag: None } if matches!(text.as_str(), "" | "~" | "null"));
                 if !empty {
                     self.documents.push(Document { root: node });
                 }

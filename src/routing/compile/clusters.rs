@@ -45,6 +45,8 @@ pub struct Registry<'a> {
     pub services: BTreeMap<String, Service<'a>>,
     /// DestinationRules with their FQDN host, load order.
     pub rules: Vec<(&'a Resource, &'a DestinationRuleSpec, String)>,
+    /// Exact host → index in `rules` of the first rule for it.
+    exact_rules: std::collections::HashMap<String, usize>,
 }
 
 impl<'a> Registry<'a> {
@@ -112,12 +114,23 @@ impl<'a> Registry<'a> {
             validate_rule(cx, r, dr);
             rules.push((r, dr, cx.fqdn(raw_host, &r.namespace)));
         }
-        Registry { services, rules }
+        let mut exact_rules = std::collections::HashMap::new();
+        for (i, (_, _, h)) in rules.iter().enumerate() {
+            if !host::is_wildcard(h) {
+                exact_rules.entry(h.clone()).or_insert(i);
+            }
+        }
+        Registry {
+            services,
+            rules,
+            exact_rules,
+        }
     }
 
     /// The DestinationRule for a host: exact host first, then the most specific wildcard.
     pub fn rule_for(&self, host: &str) -> Option<(&'a Resource, &'a DestinationRuleSpec)> {
-        if let Some((r, dr, _)) = self.rules.iter().find(|(_, _, h)| h == host) {
+        if let Some(&i) = self.exact_rules.get(host) {
+            let (r, dr, _) = &self.rules[i];
             return Some((r, dr));
         }
         self.rules

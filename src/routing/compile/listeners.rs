@@ -376,12 +376,16 @@ fn http_route_config(
     bindings: &[Binding<'_>],
     registry: &Registry<'_>,
 ) -> RouteConfig {
+    let mut by_name: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
     for server in servers {
         for vh in routes::virtual_hosts(cx, server, bindings, registry) {
-            match virtual_hosts.iter_mut().find(|v| v.name == vh.name) {
-                Some(existing) => existing.routes.extend(vh.routes),
-                None => virtual_hosts.push(vh),
+            match by_name.get(&vh.name) {
+                Some(&i) => virtual_hosts[i].routes.extend(vh.routes),
+                None => {
+                    by_name.insert(vh.name.clone(), virtual_hosts.len());
+                    virtual_hosts.push(vh);
+                }
             }
         }
     }

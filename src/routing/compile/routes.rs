@@ -183,6 +183,7 @@ pub fn virtual_hosts(
     bindings: &[Binding<'_>],
     registry: &Registry<'_>,
 ) -> Vec<VirtualHost> {
+    let mut by_name: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut vhosts: Vec<VirtualHost> = Vec::new();
     for b in bindings {
         let hosts = b.hosts_on(server);
@@ -197,13 +198,16 @@ pub fn virtual_hosts(
         }
         for h in hosts {
             let name = format!("{h}:{}", server.port);
-            match vhosts.iter_mut().find(|v| v.name == name) {
-                Some(v) => v.routes.extend(routes.iter().cloned()),
-                None => vhosts.push(VirtualHost {
-                    name,
-                    domains: vec![h],
-                    routes: routes.clone(),
-                }),
+            match by_name.get(&name) {
+                Some(&i) => vhosts[i].routes.extend(routes.iter().cloned()),
+                None => {
+                    by_name.insert(name.clone(), vhosts.len());
+                    vhosts.push(VirtualHost {
+                        name,
+                        domains: vec![h],
+                        routes: routes.clone(),
+                    });
+                }
             }
         }
     }
