@@ -18,7 +18,7 @@ use crate::stats;
 pub struct AppState {
     pub bootstrap: Bootstrap,
     pub config_paths: Vec<std::path::PathBuf>,
-    pub snapshot: ArcSwap<Snapshot>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub stats: stats::Store,
     pub server_stats: stats::ServerStats,
     pub started: Instant,
@@ -28,6 +28,8 @@ pub struct AppState {
     pub last_reload_error: Mutex<Option<String>>,
     /// Set to true to stop the process (`/quitquitquit`, signals).
     pub shutdown: watch::Sender<bool>,
+    /// The data plane's shared state, once the listeners are up (for `/clusters`).
+    pub shared: Mutex<Option<Arc<crate::proxy::Shared>>>,
 }
 
 impl AppState {
@@ -100,10 +102,18 @@ async fn serve(
                 bootstrap.prometheus
             )
         })?;
+    let resolver = crate::upstream::dns::Resolver::new(&dns_config(&bootstrap)?)
+        .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
+    let logger = Arc::new(access_logger(&bootstrap)?);
+    let shared = Arc::new(crate::proxy::Shared::new(
+        crate::upstream::cluster::ClusterManager::new(store.clone(), resolver),
+        logger.clone(),
+        store.clone(),
+    ));
     let state = Arc::new(AppState {
         bootstrap,
         config_paths,
-        snapshot: ArcSwap::from_pointee(snapshot),
+        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         stats: store,
         server_stats,
         started: Instant::now(),
@@ -111,7 +121,13 @@ async fn serve(
         concurrency,
         last_reload_error: Mutex::new(None),
         shutdown,
+        shared: Mutex::new(None),
     });
+    let listeners = crate::listener::bind_all(&state.snapshot, &shared, &Arc::new(state.bootstrap.clone())).await?;
+    for l in &listeners {
+        tracing::info!(listener = %l.name, address = %l.local, "listening");
+    }
+    *state.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
     tokio::spawn(crate::admin::serve(
         admin,
         state.clone(),
@@ -136,7 +152,50 @@ async fn serve(
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         _ = shutdown_rx.wait_for(|stop| *stop) => tracing::info!("/quitquitquit: stopping"),
     }
+    logger.flush();
     Ok(())
+}
+
+/// The bootstrap's `dns:` block as the resolver takes it (`ip[:port]`, port 53 by default).
+fn dns_config(bootstrap: &Bootstrap) -> anyhow::Result<crate::upstream::dns::DnsConfig> {
+    use crate::config::bootstrap::LookupFamily as Family;
+    use crate::upstream::dns::LookupFamily;
+    let mut nameservers = Vec::new();
+    for ns in &bootstrap.dns.nameservers {
+        let addr = ns
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| ns.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+            .map_err(|_| anyhow::anyhow!("DNS nameserver `{ns}` is not ip or ip:port"))?;
+        nameservers.push(addr);
+    }
+    Ok(crate::upstream::dns::DnsConfig {
+        nameservers,
+        family: match bootstrap.dns.family {
+            Family::V4Only => LookupFamily::V4Only,
+            Family::V6Only => LookupFamily::V6Only,
+            Family::All => LookupFamily::All,
+        },
+        min_ttl: bootstrap.dns.min_ttl,
+        max_ttl: bootstrap.dns.max_ttl,
+        failure_refresh: bootstrap.dns.failure_refresh,
+        query_timeout: bootstrap.dns.query_timeout,
+    })
+}
+
+fn access_logger(bootstrap: &Bootstrap) -> anyhow::Result<crate::access_log::AccessLogger> {
+    use crate::access_log::{AccessLogger, Format, LogTarget};
+    use crate::config::bootstrap::AccessLogFormat;
+    let target = match bootstrap.access_log.path.as_str() {
+        "off" | "" => LogTarget::Off,
+        "/dev/stdout" | "-" => LogTarget::Stdout,
+        path => LogTarget::File(path.into()),
+    };
+    let format = match bootstrap.access_log.format {
+        AccessLogFormat::Text => Format::Text,
+        AccessLogFormat::Json => Format::Json,
+    };
+    AccessLogger::new(target, format, crate::access_log::DEFAULT_CAPACITY)
+        .with_context(|| format!("cannot open the access log {}", bootstrap.access_log.path))
 }
 
 fn init_tracing() {

@@ -9,6 +9,8 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod listener;
+pub mod proxy;
 pub mod routing;
 pub mod stats;
 pub mod tls;

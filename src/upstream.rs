@@ -1,4 +1,6 @@
 //! Upstream side: endpoint discovery (DNS, STATIC), connection pools and TLS origination.
 
+pub mod cluster;
 pub mod dns;
 pub mod endpoints;
+pub mod pool;

@@ -237,7 +237,7 @@ pub struct TcpProxy {
     pub origin: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, PartialEq)]
 pub struct Cluster {
     /// `outbound|443||edition.cnn.com`.
     pub name: String,

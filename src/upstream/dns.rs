@@ -1,4 +1,4 @@
-//! DNS resolution for upstream clusters: the bootstrap's `dns:` settings and a [`Resolver`] that
+//! DNS resolution for upstream clusters: the resolver settings and a [`Resolver`] that
 //! answers one host's addresses with the TTL to refresh them by.
 //! It owns no per-host state and never caches (hickory's cache is off, so it cannot hide a TTL
 //! expiry); keeping answers alive between lookups is `upstream::endpoints`' job.
@@ -12,7 +12,9 @@ use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
 use hickory_resolver::TokioResolver;
 use serde::{Deserialize, Serialize};
 
-/// The bootstrap's `dns:` block. Every field has a default, so `dns: {}` is valid.
+use crate::config::duration::serde_str;
+
+/// The resolver settings, as built from the bootstrap's `dns:` block. Every field has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct DnsConfig {
@@ -22,19 +24,19 @@ pub struct DnsConfig {
     /// Which address families to ask for. Istio gives IPv4-only pods `V4_ONLY`.
     pub family: LookupFamily,
     /// Lower clamp on a record TTL: a TTL of 0 would otherwise re-resolve in a tight loop.
-    #[serde(with = "duration_text")]
+    #[serde(with = "serde_str")]
     pub min_ttl: Duration,
     /// Upper clamp on a record TTL, so that a changed record is seen within this bound even when
     /// the zone publishes a TTL of a day.
-    #[serde(with = "duration_text")]
+    #[serde(with = "serde_str")]
     pub max_ttl: Duration,
     /// Delay before retrying a failed lookup, and the refresh period of an empty answer that
     /// carries no negative TTL. Envoy uses `dns_refresh_rate` (60 s in Istio) here; egressd keeps
     /// the last good answer on failure, so retrying sooner costs little and recovers sooner.
-    #[serde(with = "duration_text")]
+    #[serde(with = "serde_str")]
     pub failure_refresh: Duration,
     /// Bound on one whole lookup (all nameservers and retries).
-    #[serde(with = "duration_text")]
+    #[serde(with = "serde_str")]
     pub query_timeout: Duration,
 }
 
@@ -51,18 +53,18 @@ impl Default for DnsConfig {
     }
 }
 
-/// Envoy's `dns_lookup_family`, spelled as Istio and Envoy spell it.
+/// Envoy's `dns_lookup_family`, spelled as Envoy spells it; the bootstrap's `v4`/`v6`/`all` too.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum LookupFamily {
     /// A records only (Istio's choice for IPv4-only pods, and the default).
     #[default]
-    #[serde(rename = "V4_ONLY", alias = "v4Only", alias = "V4Only")]
+    #[serde(rename = "V4_ONLY", alias = "v4")]
     V4Only,
     /// AAAA records only.
-    #[serde(rename = "V6_ONLY", alias = "v6Only", alias = "V6Only")]
+    #[serde(rename = "V6_ONLY", alias = "v6")]
     V6Only,
     /// A and AAAA in parallel; IPv4 addresses come first, so LOGICAL_DNS picks IPv4 when it can.
-    #[serde(rename = "ALL", alias = "all", alias = "All")]
+    #[serde(rename = "ALL", alias = "all")]
     All,
 }
 
@@ -205,60 +207,6 @@ impl Resolver {
     }
 }
 
-/// Durations as text the way Istio writes them (`5s`, `0.5s`, `100ms`, `1m`, `1h`); a bare
-/// number is seconds. Written back as seconds (`1.5s`), protobuf's JSON form.
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{de, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        let text = if value.subsec_nanos() == 0 {
-            format!("{}s", value.as_secs())
-        } else {
-            format!("{}s", value.as_secs_f64())
-        };
-        serializer.serialize_str(&text)
-    }
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(u64),
-        Text(String),
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        match Raw::deserialize(deserializer)? {
-            Raw::Seconds(secs) => Ok(Duration::from_secs(secs)),
-            Raw::Text(text) => parse(&text).ok_or_else(|| {
-                de::Error::custom(format!(
-                    "invalid duration {text:?}: expected a number with a unit, like 5s, 500ms, 1m"
-                ))
-            }),
-        }
-    }
-
-    pub(super) fn parse(text: &str) -> Option<Duration> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: f64 = number.parse().ok()?;
-        let scale = match unit {
-            "" | "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        Duration::try_from_secs_f64(number * scale).ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,7 +226,7 @@ mod tests {
     #[test]
     fn config_reads_istio_style_yaml_fields() {
         let json = r#"{"nameservers": ["127.0.0.1:5353"], "family": "ALL",
-                       "minTtl": "500ms", "maxTtl": "1m", "failureRefresh": 2, "queryTimeout": "1.5s"}"#;
+                       "minTtl": "500ms", "maxTtl": "1m", "failureRefresh": "2s", "queryTimeout": "1.5s"}"#;
         let config: DnsConfig = serde_json::from_str(json).expect("parse");
         assert_eq!(config.nameservers, vec!["127.0.0.1:5353".parse().unwrap()]);
         assert_eq!(config.family, LookupFamily::All);
@@ -288,8 +236,7 @@ mod tests {
         assert_eq!(config.query_timeout, Duration::from_millis(1500));
 
         let back = serde_json::to_value(&config).expect("serialize");
-        assert_eq!(back["minTtl"], "0.5s");
-        assert_eq!(back["maxTtl"], "60s");
+        assert_eq!(back["family"], "ALL");
         let again: DnsConfig = serde_json::from_value(back).expect("round trip");
         assert_eq!(again, config);
     }
@@ -299,7 +246,8 @@ mod tests {
         for bad in [
             r#"{"minTtl": "5 parsecs"}"#,
             r#"{"minTtl": "-1s"}"#,
-            r#"{"minTtl": ""}"#,
+            r#"{"minTtl": 5}"#,
+            r#"{"family": "V5_ONLY"}"#,
             r#"{"ttl": "1s"}"#,
         ] {
             assert!(serde_json::from_str::<DnsConfig>(bad).is_err(), "{bad}");
@@ -311,16 +259,17 @@ mod tests {
     }
 
     #[test]
-    fn duration_text_units() {
-        assert_eq!(
-            duration_text::parse("100ms"),
-            Some(Duration::from_millis(100))
-        );
-        assert_eq!(duration_text::parse("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(duration_text::parse("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(duration_text::parse("7"), Some(Duration::from_secs(7)));
-        assert_eq!(duration_text::parse("1e9999s"), None);
-        assert_eq!(duration_text::parse("s"), None);
+    fn family_accepts_the_bootstrap_spelling() {
+        for (text, family) in [
+            ("v4", LookupFamily::V4Only),
+            ("v6", LookupFamily::V6Only),
+            ("all", LookupFamily::All),
+        ] {
+            assert_eq!(
+                serde_json::from_str::<LookupFamily>(&format!("{text:?}")).unwrap(),
+                family
+            );
+        }
     }
 
     #[tokio::test]

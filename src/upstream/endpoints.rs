@@ -26,6 +26,9 @@ pub enum Endpoints {
     Static(Arc<[SocketAddr]>),
     /// STRICT_DNS or LOGICAL_DNS: the live answer for one host.
     Dns(Arc<DnsEndpoints>),
+    /// STRICT_DNS over several hosts (ServiceEntry endpoints that are names): every address of
+    /// every host.
+    Union(Arc<[Arc<DnsEndpoints>]>),
 }
 
 impl Endpoints {
@@ -38,6 +41,7 @@ impl Endpoints {
         match self {
             Self::Static(addrs) => addrs.clone(),
             Self::Dns(dns) => dns.current(),
+            Self::Union(all) => all.iter().flat_map(|d| d.current().to_vec()).collect(),
         }
     }
 
@@ -46,6 +50,12 @@ impl Endpoints {
         match self {
             Self::Static(addrs) => addrs.clone(),
             Self::Dns(dns) => dns.wait_first(timeout).await,
+            Self::Union(all) => {
+                for d in all.iter() {
+                    d.wait_first(timeout).await;
+                }
+                self.current()
+            }
         }
     }
 }
@@ -53,7 +63,7 @@ impl Endpoints {
 /// Envoy's cluster type for a DNS ServiceEntry (reference §7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum DnsMode {
-    /// `resolution: DNS`: every address is an endpoint.
+    /// `resolution: DNS`: every address is an endpoint, kept sorted.
     #[serde(rename = "STRICT_DNS")]
     Strict,
     /// `resolution: DNS_ROUND_ROBIN`: only the first address of the latest answer.
@@ -181,21 +191,21 @@ impl DnsEndpoints {
                 }
                 let keep_last = resolved.addrs.is_empty() && self.mode == DnsMode::Logical;
                 if !keep_last {
-                    let take = match self.mode {
-                        DnsMode::Strict => usize::MAX,
-                        DnsMode::Logical => 1,
-                    };
                     let port = self.port;
-                    let next: Arc<[SocketAddr]> = resolved
+                    let mut next: Vec<SocketAddr> = resolved
                         .addrs
                         .iter()
-                        .take(take)
                         .map(|ip| SocketAddr::new(*ip, port))
                         .collect();
-                    // Readers compare nothing; skipping identical answers only saves a swap.
-                    if ***self.addrs.load() != *next {
+                    match self.mode {
+                        // Servers rotate round-robin records on every answer; a sorted set keeps
+                        // an unchanged answer unchanged (and `/clusters` stable).
+                        DnsMode::Strict => next.sort_unstable(),
+                        DnsMode::Logical => next.truncate(1),
+                    }
+                    if **self.addrs.load().as_ref() != next[..] {
                         tracing::debug!(host = %self.host, addrs = ?next, "DNS endpoints changed");
-                        self.addrs.store(Arc::new(next));
+                        self.addrs.store(Arc::new(next.into()));
                     }
                 }
                 resolved.ttl
@@ -282,12 +292,12 @@ mod tests {
         let logical = DnsEndpoints::idle("h".into(), 80, DnsMode::Logical);
         for e in [&strict, &logical] {
             assert_eq!(
-                e.apply(answer(&["127.0.0.2", "127.0.0.3"], 30), RETRY),
+                e.apply(answer(&["127.0.0.3", "127.0.0.2"], 30), RETRY),
                 Duration::from_secs(30)
             );
         }
         assert_eq!(*strict.current(), *addrs(&["127.0.0.2:80", "127.0.0.3:80"]));
-        assert_eq!(*logical.current(), *addrs(&["127.0.0.2:80"]));
+        assert_eq!(*logical.current(), *addrs(&["127.0.0.3:80"]));
     }
 
     #[test]

@@ -1,0 +1,39 @@
+//! Proxying: HTTP requests (`http`) and TCP/TLS byte streams, with what every connection shares:
+//! the cluster runtime, the access log, and stat families resolved once per prefix.
+
+pub mod body;
+pub mod http;
+pub mod local_reply;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::access_log::AccessLogger;
+use crate::stats::{HttpConnManagerStats, Store};
+use crate::upstream::cluster::ClusterManager;
+
+/// State shared by all listeners and connections; survives snapshot swaps.
+pub struct Shared {
+    pub clusters: ClusterManager,
+    pub logger: Arc<AccessLogger>,
+    pub store: Store,
+    hcm_stats: Mutex<HashMap<String, Arc<HttpConnManagerStats>>>,
+}
+
+impl Shared {
+    pub fn new(clusters: ClusterManager, logger: Arc<AccessLogger>, store: Store) -> Shared {
+        Shared { clusters, logger, store, hcm_stats: Mutex::new(HashMap::new()) }
+    }
+
+    /// The `http.<prefix>.` stats, resolved once per prefix (one map lookup per connection,
+    /// none per request).
+    pub fn hcm_stats(&self, prefix: &str) -> Arc<HttpConnManagerStats> {
+        let mut map = self.hcm_stats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(prefix) {
+            return s.clone();
+        }
+        let s = Arc::new(HttpConnManagerStats::new(&self.store, prefix));
+        map.insert(prefix.to_string(), s.clone());
+        s
+    }
+}

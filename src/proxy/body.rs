@@ -1,0 +1,193 @@
+//! Bodies in both directions, counted, and the per-request guard that writes exactly one access
+//! log line (and settles the request stats) when the response body ends or is dropped.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::access_log::{AccessLogRecord, AccessLogger, ResponseFlags};
+use crate::stats::HttpConnManagerStats;
+use crate::upstream::cluster::HostStats;
+use crate::upstream::pool::BoxError;
+
+/// Owns a request's access-log record; logs it once, on drop.
+pub struct RequestLog {
+    pub record: AccessLogRecord,
+    started: Instant,
+    logger: Arc<AccessLogger>,
+    hcm: Arc<HttpConnManagerStats>,
+    /// Request body bytes, counted by the upstream request body.
+    pub received: Arc<AtomicU64>,
+    sent: u64,
+    /// Set when a request went upstream: its host counters settle with the log.
+    pub host: Option<Arc<HostStats>>,
+}
+
+impl RequestLog {
+    pub fn new(record: AccessLogRecord, logger: Arc<AccessLogger>, hcm: Arc<HttpConnManagerStats>) -> RequestLog {
+        hcm.downstream_rq_total.inc();
+        hcm.downstream_rq_active.inc();
+        RequestLog {
+            record,
+            started: Instant::now(),
+            logger,
+            hcm,
+            received: Arc::new(AtomicU64::new(0)),
+            sent: 0,
+            host: None,
+        }
+    }
+
+    pub fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        self.hcm.downstream_rq_active.dec();
+        if self.record.response_code != 0 {
+            self.hcm.rq_completed(self.record.response_code);
+        }
+        if let Some(host) = &self.host {
+            host.rq_active.fetch_sub(1, Ordering::Relaxed);
+            let failed = self.record.response_code >= 500 || !self.record.response_flags.is_empty();
+            let counter = if failed { &host.rq_error } else { &host.rq_success };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let start = self.record.start_time;
+        let mut record = std::mem::replace(&mut self.record, AccessLogRecord::new(start));
+        record.bytes_received = self.received.load(Ordering::Relaxed);
+        record.bytes_sent = self.sent;
+        record.duration_ms = self.elapsed_ms();
+        self.logger.log(record);
+    }
+}
+
+/// The body the client receives: the upstream's, streamed, or a local reply. Holds the request's
+/// log guard so the line is written when the body is done.
+pub struct ProxyBody {
+    inner: Inner,
+    log: Option<RequestLog>,
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn upstream(body: Incoming, log: RequestLog) -> ProxyBody {
+        ProxyBody { inner: Inner::Upstream(body), log: Some(log) }
+    }
+
+    pub fn full(bytes: Bytes, log: Option<RequestLog>) -> ProxyBody {
+        let data = (!bytes.is_empty()).then_some(bytes);
+        ProxyBody { inner: Inner::Full(data), log }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(log) = &mut this.log {
+                        // The upstream went away mid-response: the client sees a reset too.
+                        log.record.response_flags.insert(ResponseFlags::UC);
+                        log.record.response_code_details =
+                            Some("upstream_reset_after_response_started{connection_termination}".into());
+                    }
+                    Poll::Ready(Some(Err(Box::new(e) as BoxError)))
+                }
+                other => other.map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            },
+        };
+        if let Poll::Ready(frame) = &polled {
+            match frame {
+                Some(Ok(f)) => {
+                    if let (Some(data), Some(log)) = (f.data_ref(), &mut this.log) {
+                        log.sent += data.len() as u64;
+                    }
+                }
+                // End of stream: write the log now rather than when hyper drops the body.
+                None => this.log = None,
+                Some(Err(_)) => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(data) => data.is_none(),
+            Inner::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away (or the connection closed) mid-body.
+        if let (Some(log), Inner::Upstream(body)) = (&mut self.log, &self.inner) {
+            if !body.is_end_stream() && !log.record.response_flags.contains(ResponseFlags::UC) {
+                log.record.response_flags.insert(ResponseFlags::DC);
+                log.record.response_code_details = Some("downstream_remote_disconnect".into());
+            }
+        }
+    }
+}
+
+/// The request body sent upstream, counting bytes into the request's log.
+pub struct CountedRequestBody {
+    inner: Incoming,
+    received: Arc<AtomicU64>,
+}
+
+impl CountedRequestBody {
+    pub fn new(inner: Incoming, received: Arc<AtomicU64>) -> Self {
+        CountedRequestBody { inner, received }
+    }
+}
+
+impl Body for CountedRequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.received.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled.map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,431 @@
+//! One HTTP request through the gateway: route by authority and matches, then redirect, answer
+//! locally, or forward to a cluster endpoint with Istio's retry policy and timeouts; headers
+//! handled as Envoy's gateway does. Failures map to replies in `local_reply`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::{CountedRequestBody, ProxyBody, RequestLog};
+use super::local_reply::Failure;
+use super::Shared;
+use crate::access_log::{AccessLogRecord, Protocol};
+use crate::routing::http_match::RequestView;
+use crate::routing::snapshot::{HeaderOps, HttpConnectionManager, Redirect, Route, RouteAction, Snapshot, WeightedCluster};
+use crate::stats::HttpConnManagerStats;
+use crate::upstream::cluster::ClusterRuntime;
+use crate::upstream::pool::{CheckoutError, UpstreamBody};
+
+/// A downstream HTTP connection: where it came from and which route table serves it.
+pub struct HttpConn {
+    pub shared: Arc<Shared>,
+    pub snapshot: Arc<Snapshot>,
+    pub hcm: fn(&Snapshot, usize, Option<usize>) -> Option<&HttpConnectionManager>,
+    pub listener: usize,
+    pub chain: Option<usize>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub scheme: &'static str,
+    pub sni: Option<Box<str>>,
+    pub peer_identity: Option<Arc<str>>,
+    pub stats: Arc<HttpConnManagerStats>,
+}
+
+/// Headers that describe one hop and never cross the proxy.
+const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"];
+/// Mesh-internal headers that must not leave the mesh (Envoy forwards them; we do not).
+const MESH_INTERNAL: [&str; 3] = ["x-forwarded-client-cert", "x-envoy-peer-metadata", "x-envoy-peer-metadata-id"];
+
+pub async fn handle(conn: Arc<HttpConn>, req: Request<Incoming>) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    let mut log = start_log(&conn, &req);
+    let (mut parts, body) = req.into_parts();
+    let downstream_version = parts.version;
+    prepare_request_headers(&conn, &mut parts.headers, parts.version);
+    log.record.x_forwarded_for = header_text(&parts.headers, "x-forwarded-for");
+    log.record.request_id = header_text(&parts.headers, "x-request-id");
+
+    let authority = authority_of(&parts.uri, &parts.headers).unwrap_or_default();
+    let Some(hcm) = (conn.hcm)(&conn.snapshot, conn.listener, conn.chain) else {
+        return Ok(local(log, &Failure::NoRoute, &conn.stats));
+    };
+    let view = RequestView {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        authority: &authority,
+        scheme: conn.scheme,
+        headers: &parts.headers,
+    };
+    let route = hcm
+        .route_config
+        .virtual_host(&authority)
+        .and_then(|vh| vh.routes.iter().find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(&view))));
+    let Some(route) = route else {
+        return Ok(local(log, &Failure::NoRoute, &conn.stats));
+    };
+    log.record.route_name = route.name.as_deref().map(Arc::from);
+    let weighted = match &route.action {
+        RouteAction::Redirect(redirect) => return Ok(redirect_reply(log, redirect, &parts.uri, &authority, conn.scheme)),
+        RouteAction::Forward(clusters) => pick_weighted(clusters),
+    };
+    let Some(weighted) = weighted else {
+        return Ok(local(log, &Failure::NoRoute, &conn.stats));
+    };
+    let Some(cluster) = conn.snapshot.cluster(&weighted.cluster) else {
+        log.record.upstream_cluster = Some(weighted.cluster.as_str().into());
+        return Ok(local(log, &Failure::NoCluster, &conn.stats));
+    };
+    let rt = conn.shared.clusters.get(cluster);
+    log.record.upstream_cluster = Some(rt.name.clone());
+
+    apply_header_ops(&mut parts.headers, &route.request_headers);
+    apply_header_ops(&mut parts.headers, &weighted.request_headers);
+    let upstream_authority = rewrite(route, &mut parts.uri, &authority);
+    let body = UpstreamBody::new(CountedRequestBody::new(body, log.received.clone()));
+    match forward(&rt, route, parts, body, &upstream_authority, &mut log).await {
+        Ok((mut response, service_time)) => {
+            let status = response.status().as_u16();
+            rt.stats.rq_completed(status);
+            remove_hop_by_hop(response.headers_mut());
+            if let Ok(v) = HeaderValue::from_str(&service_time.to_string()) {
+                response.headers_mut().insert("x-envoy-upstream-service-time", v);
+            }
+            apply_header_ops(response.headers_mut(), &route.response_headers);
+            apply_header_ops(response.headers_mut(), &weighted.response_headers);
+            log.record.response_code = status;
+            log.record.response_code_details = Some("via_upstream".into());
+            log.record.upstream_service_time_ms = Some(service_time);
+            let (mut parts, body) = response.into_parts();
+            // The client's protocol, not the upstream's, frames the response.
+            parts.version = downstream_version;
+            Ok(Response::from_parts(parts, ProxyBody::upstream(body, log)))
+        }
+        Err(failure) => {
+            let reply = failure.reply();
+            rt.stats.rq_completed(reply.status);
+            if matches!(failure, Failure::Timeout) {
+                rt.stats.upstream_rq_timeout.inc();
+            }
+            Ok(local(log, &failure, &conn.stats))
+        }
+    }
+}
+
+fn start_log(conn: &HttpConn, req: &Request<Incoming>) -> RequestLog {
+    let mut record = AccessLogRecord::new(SystemTime::now());
+    record.method = Some(req.method().as_str().into());
+    record.path = req.uri().path_and_query().map(|p| p.as_str().into());
+    record.protocol = Protocol::from_version(req.version());
+    record.authority = authority_of(req.uri(), req.headers()).map(Into::into);
+    record.user_agent = header_text(req.headers(), "user-agent");
+    record.downstream_local_address = Some(conn.local);
+    record.downstream_remote_address = Some(conn.remote);
+    record.requested_server_name = conn.sni.clone();
+    record.downstream_peer_uri_san = conn.peer_identity.clone();
+    RequestLog::new(record, conn.shared.logger.clone(), conn.stats.clone())
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<Box<str>> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(Into::into)
+}
+
+/// `:authority` for HTTP/2, the Host header for HTTP/1.
+fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
+    uri.authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+}
+
+/// What Envoy's gateway does to request headers before routing (use_remote_address: true).
+fn prepare_request_headers(conn: &HttpConn, headers: &mut HeaderMap, _version: Version) {
+    remove_hop_by_hop(headers);
+    for name in MESH_INTERNAL {
+        headers.remove(name);
+    }
+    let remote_ip = conn.remote.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing},{remote_ip}"),
+        _ => remote_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme));
+    if !headers.contains_key("x-request-id") {
+        if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+            headers.insert("x-request-id", v);
+        }
+    }
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn apply_header_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
+    if ops.is_empty() {
+        return;
+    }
+    for (name, value) in &ops.set {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            headers.insert(n, v);
+        }
+    }
+    for (name, value) in &ops.add {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            headers.append(n, v);
+        }
+    }
+    for name in &ops.remove {
+        headers.remove(name.as_str());
+    }
+}
+
+fn pick_weighted(clusters: &[WeightedCluster]) -> Option<&WeightedCluster> {
+    if clusters.len() <= 1 {
+        return clusters.first();
+    }
+    let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
+    let mut ticket = fastrand::u64(..total.max(1));
+    for c in clusters {
+        if ticket < u64::from(c.weight) {
+            return Some(c);
+        }
+        ticket -= u64::from(c.weight);
+    }
+    clusters.last()
+}
+
+/// Applies the route's rewrite to the path; returns the authority to send upstream.
+fn rewrite(route: &Route, uri: &mut Uri, authority: &str) -> String {
+    let Some(rw) = &route.rewrite else { return authority.to_string() };
+    if let Some(new_prefix) = &rw.uri {
+        let path = uri.path();
+        let matched_prefix = route.matches.iter().find_map(|m| match &m.uri {
+            Some(crate::routing::http_match::StrMatch::Prefix(p)) if path.starts_with(p.as_str()) => Some(p.len()),
+            _ => None,
+        });
+        let new_path = match matched_prefix {
+            Some(len) => format!("{new_prefix}{}", &path[len..]),
+            None => new_prefix.clone(),
+        };
+        let pq = match uri.query() {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path,
+        };
+        if let Ok(p) = pq.parse::<http::uri::PathAndQuery>() {
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = Some(p);
+            if let Ok(u) = Uri::from_parts(parts) {
+                *uri = u;
+            }
+        }
+    }
+    rw.authority.clone().unwrap_or_else(|| authority.to_string())
+}
+
+fn redirect_reply(mut log: RequestLog, redirect: &Redirect, uri: &Uri, authority: &str, scheme: &str) -> Response<ProxyBody> {
+    let scheme = redirect.scheme.as_deref().unwrap_or(scheme);
+    let mut host = redirect.authority.clone().unwrap_or_else(|| crate::routing::host::strip_port(authority).to_string());
+    if let Some(port) = redirect.port {
+        host = format!("{host}:{port}");
+    } else if redirect.authority.is_none() && authority.contains(':') {
+        host = authority.to_string();
+    }
+    let path = redirect
+        .path
+        .clone()
+        .unwrap_or_else(|| uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()));
+    let location = format!("{scheme}://{host}{path}");
+    log.record.response_code = redirect.code;
+    log.record.response_code_details = Some("direct_response".into());
+    let mut response = Response::new(ProxyBody::full(Bytes::new(), Some(log)));
+    *response.status_mut() = StatusCode::from_u16(redirect.code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+}
+
+/// A reply made here, logged with Envoy's flags and details.
+fn local(mut log: RequestLog, failure: &Failure, stats: &HttpConnManagerStats) -> Response<ProxyBody> {
+    let reply = failure.reply();
+    match failure {
+        Failure::NoRoute => stats.no_route.inc(),
+        Failure::NoCluster => stats.no_cluster.inc(),
+        _ => {}
+    }
+    log.record.response_code = reply.status;
+    log.record.response_flags.insert(reply.flags);
+    log.record.response_code_details = Some(reply.details);
+    log.record.upstream_transport_failure_reason = reply.transport_failure;
+    let body = Bytes::from_static(reply.body.as_bytes());
+    let len = body.len();
+    let mut response = Response::new(ProxyBody::full(body, Some(log)));
+    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    if len > 0 {
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response
+}
+
+/// Sends the request to an endpoint of the cluster, retrying as the route's policy allows.
+/// Returns the response and the upstream service time in ms.
+async fn forward(
+    rt: &Arc<ClusterRuntime>,
+    route: &Route,
+    parts: http::request::Parts,
+    body: UpstreamBody,
+    authority: &str,
+    log: &mut RequestLog,
+) -> Result<(Response<Incoming>, u64), Failure> {
+    let endpoints = rt.endpoints().await;
+    if endpoints.is_empty() {
+        return Err(Failure::NoHealthyUpstream);
+    }
+    let policy = &route.retry;
+    let retry_connect = policy.retry_on.iter().any(|c| c == "connect-failure" || c == "reset" || c == "5xx" || c == "gateway-error");
+    let retry_reset = policy.retry_on.iter().any(|c| c == "reset" || c == "5xx" || c == "refused-stream");
+    let retry_status = |status: u16| {
+        policy.retriable_status_codes.contains(&status) && policy.retry_on.iter().any(|c| c == "retriable-status-codes")
+            || (status >= 500 && policy.retry_on.iter().any(|c| c == "5xx"))
+            || (matches!(status, 502..=504) && policy.retry_on.iter().any(|c| c == "gateway-error"))
+    };
+    let body_empty = http_body::Body::is_end_stream(&body);
+    let mut body = Some(body);
+    let deadline = route.timeout.map(|t| Instant::now() + t);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempt = 0u32;
+    let mut last: Failure;
+    let started = Instant::now();
+    loop {
+        let Some(addr) = rt.pick(&endpoints, &tried) else { return Err(Failure::NoHealthyUpstream) };
+        tried.push(addr);
+        log.record.upstream_host = Some(addr);
+        let host = rt.host_stats(addr);
+        let can_retry = attempt < policy.attempts;
+        let checkout = with_deadline(deadline, rt.pool.checkout(rt, addr)).await;
+        let mut sender = match checkout {
+            None => return Err(Failure::Timeout),
+            Some(Err(CheckoutError::Connect(error))) => {
+                last = Failure::Connect { error, retried: attempt > 0 };
+                if can_retry && retry_connect {
+                    attempt += 1;
+                    rt.stats.upstream_rq_retry.inc();
+                    continue;
+                }
+                if let Failure::Connect { error, .. } = last {
+                    return Err(Failure::Connect { error, retried: attempt > 0 });
+                }
+                return Err(last);
+            }
+            Some(Err(CheckoutError::Handshake(_))) => {
+                last = Failure::ResetBeforeResponse { retried: attempt > 0 };
+                if can_retry && retry_reset {
+                    attempt += 1;
+                    continue;
+                }
+                return Err(last);
+            }
+            Some(Ok((sender, _new))) => sender,
+        };
+        log.record.upstream_local_address = sender.local_addr();
+        let Some(req_body) = (if body_empty { Some(UpstreamBody::new(http_body_util::Empty::new().map_err(|e| match e {}))) } else { body.take() }) else {
+            return Err(last_or_reset(attempt));
+        };
+        let request = upstream_request(&parts, req_body, authority, sender.is_http2());
+        rt.stats.upstream_rq_total.inc();
+        rt.stats.upstream_rq_active.inc();
+        host.rq_total.fetch_add(1, Ordering::Relaxed);
+        let try_deadline = match (deadline, policy.per_try_timeout) {
+            (Some(d), Some(p)) => Some(d.min(Instant::now() + p)),
+            (d, None) => d,
+            (None, Some(p)) => Some(Instant::now() + p),
+        };
+        let sent = with_deadline(try_deadline, sender.send(request)).await;
+        rt.stats.upstream_rq_active.dec();
+        match sent {
+            None => {
+                host.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                if can_retry && deadline.is_none_or(|d| Instant::now() < d) && policy.per_try_timeout.is_some() && body_empty {
+                    attempt += 1;
+                    rt.stats.upstream_rq_retry.inc();
+                    continue;
+                }
+                return Err(Failure::Timeout);
+            }
+            Some(Err(_)) => {
+                host.rq_error.fetch_add(1, Ordering::Relaxed);
+                if can_retry && retry_reset && body_empty {
+                    attempt += 1;
+                    rt.stats.upstream_rq_retry.inc();
+                    continue;
+                }
+                return Err(Failure::ResetBeforeResponse { retried: attempt > 0 });
+            }
+            Some(Ok(response)) => {
+                let status = response.status().as_u16();
+                if can_retry && body_empty && retry_status(status) {
+                    attempt += 1;
+                    rt.stats.upstream_rq_retry.inc();
+                    rt.stats.rq_completed(status);
+                    rt.pool.checkin(addr, sender);
+                    continue;
+                }
+                rt.pool.checkin(addr, sender);
+                host.rq_active.fetch_add(1, Ordering::Relaxed);
+                log.host = Some(host);
+                return Ok((response, started.elapsed().as_millis() as u64));
+            }
+        }
+    }
+}
+
+fn last_or_reset(attempt: u32) -> Failure {
+    Failure::ResetBeforeResponse { retried: attempt > 0 }
+}
+
+async fn with_deadline<F: std::future::Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+fn upstream_request(parts: &http::request::Parts, body: UpstreamBody, authority: &str, http2: bool) -> Request<UpstreamBody> {
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut builder = Request::builder().method(parts.method.clone());
+    let mut headers = parts.headers.clone();
+    if http2 {
+        builder = builder.version(Version::HTTP_2).uri(format!("http://{authority}{path}"));
+        headers.remove(header::HOST);
+    } else {
+        builder = builder.version(Version::HTTP_11).uri(path);
+        if let Ok(v) = HeaderValue::from_str(authority) {
+            headers.insert(header::HOST, v);
+        }
+    }
+    let mut request = builder.body(body).unwrap_or_else(|_| Request::new(UpstreamBody::new(http_body_util::Empty::new().map_err(|e| match e {}))));
+    *request.headers_mut() = headers;
+    request
+}

@@ -1,0 +1,155 @@
+//! Every way a request can fail at the gateway, mapped in one place to what Envoy answers: the
+//! status, the body, the response flags and the response code details of the access log.
+
+use std::borrow::Cow;
+
+use crate::access_log::ResponseFlags;
+use crate::upstream::cluster::ConnectError;
+
+/// A request the gateway answers itself.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// No virtual host or no route matched: 404 NR.
+    NoRoute,
+    /// The route names a cluster that does not exist: 503 NC.
+    NoCluster,
+    /// The cluster has no endpoints: 503 UH.
+    NoHealthyUpstream,
+    /// Connecting failed (after `retried` retries): 503 UF (URX,UF when retried).
+    Connect { error: ConnectError, retried: bool },
+    /// The upstream closed or reset before the response headers: 503 UC.
+    ResetBeforeResponse { retried: bool },
+    /// No response headers within the route (or per-try) timeout: 504 UT.
+    Timeout,
+    /// Connection pool limits reached: 503 UO.
+    Overflow,
+}
+
+/// What the client gets and the access log says.
+pub struct Reply {
+    pub status: u16,
+    pub body: &'static str,
+    pub flags: ResponseFlags,
+    pub details: Cow<'static, str>,
+    pub transport_failure: Option<Cow<'static, str>>,
+}
+
+const RESET_PREFIX: &str = "upstream connect error or disconnect/reset before headers. ";
+
+impl Failure {
+    pub fn reply(&self) -> Reply {
+        match self {
+            Failure::NoRoute => Reply {
+                status: 404,
+                body: "",
+                flags: ResponseFlags::NR,
+                details: "route_not_found".into(),
+                transport_failure: None,
+            },
+            Failure::NoCluster => Reply {
+                status: 503,
+                body: "",
+                flags: ResponseFlags::NC,
+                details: "cluster_not_found".into(),
+                transport_failure: None,
+            },
+            Failure::NoHealthyUpstream => Reply {
+                status: 503,
+                body: "no healthy upstream",
+                flags: ResponseFlags::UH,
+                details: "no_healthy_upstream".into(),
+                transport_failure: None,
+            },
+            Failure::Connect { error, retried } => {
+                let (reason, detail) = match error {
+                    ConnectError::Overflow => return Failure::Overflow.reply(),
+                    ConnectError::Timeout => ("connection timeout", "connection_timeout".to_string()),
+                    ConnectError::Refused(_) => (
+                        "remote connection failure",
+                        format!("remote_connection_failure|{}", error.transport_failure_reason()),
+                    ),
+                };
+                let mut flags = ResponseFlags::UF;
+                if *retried {
+                    flags.insert(ResponseFlags::URX);
+                }
+                Reply {
+                    status: 503,
+                    body: reset_body(reason, *retried),
+                    flags,
+                    details: format!("upstream_reset_before_response_started{{{detail}}}").into(),
+                    transport_failure: Some(error.transport_failure_reason().into()),
+                }
+            }
+            Failure::ResetBeforeResponse { retried } => {
+                let mut flags = ResponseFlags::UC;
+                if *retried {
+                    flags.insert(ResponseFlags::URX);
+                }
+                Reply {
+                    status: 503,
+                    body: reset_body("connection termination", *retried),
+                    flags,
+                    details: "upstream_reset_before_response_started{connection_termination}".into(),
+                    transport_failure: None,
+                }
+            }
+            Failure::Timeout => Reply {
+                status: 504,
+                body: "upstream request timeout",
+                flags: ResponseFlags::UT,
+                details: "upstream_response_timeout".into(),
+                transport_failure: None,
+            },
+            Failure::Overflow => Reply {
+                status: 503,
+                body: reset_body("overflow", false),
+                flags: ResponseFlags::UO,
+                details: "upstream_reset_before_response_started{overflow}".into(),
+                transport_failure: None,
+            },
+        }
+    }
+}
+
+/// Envoy's reset bodies, e.g. the 98-byte
+/// `upstream connect error or disconnect/reset before headers. reset reason: remote connection failure`.
+fn reset_body(reason: &str, retried: bool) -> &'static str {
+    // A handful of fixed strings: build them once.
+    macro_rules! body {
+        ($reason:literal) => {
+            if retried {
+                concat!("upstream connect error or disconnect/reset before headers. retried and the latest reset reason: ", $reason)
+            } else {
+                concat!("upstream connect error or disconnect/reset before headers. reset reason: ", $reason)
+            }
+        };
+    }
+    debug_assert!(RESET_PREFIX.ends_with(". "));
+    match reason {
+        "remote connection failure" => body!("remote connection failure"),
+        "connection timeout" => body!("connection timeout"),
+        "connection termination" => body!("connection termination"),
+        _ => body!("overflow"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_match_envoy_byte_for_byte() {
+        let refused = ConnectError::Refused("Connection refused".into());
+        let once = Failure::Connect { error: refused.clone(), retried: false }.reply();
+        assert_eq!(once.body.len(), 98, "{}", once.body);
+        let retried = Failure::Connect { error: refused, retried: true }.reply();
+        assert_eq!(retried.body.len(), 121, "{}", retried.body);
+        assert_eq!(
+            retried.details,
+            "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error: Connection refused}"
+        );
+        assert_eq!(Failure::NoHealthyUpstream.reply().body, "no healthy upstream");
+        assert_eq!(Failure::NoRoute.reply().status, 404);
+    }
+}
