@@ -109,6 +109,7 @@ async fn serve(
         crate::upstream::cluster::ClusterManager::new(store.clone(), resolver),
         logger.clone(),
         store.clone(),
+        bootstrap.limits.max_sni_stats,
     ));
     let state = Arc::new(AppState {
         bootstrap,

@@ -2,6 +2,8 @@
 //! handshakes and routing run in the spawned per-connection task, each under a timeout.
 
 pub mod http;
+pub mod mtls;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -87,9 +89,17 @@ async fn connection(ctx: Arc<ListenerContext>, stream: TcpStream, remote: Socket
     };
     match &snapshot.listeners[index].kind {
         ListenerKind::Http(_) => http::serve_plain(ctx, snapshot, index, stream, remote).await,
-        ListenerKind::Tcp(_) | ListenerKind::Tls(_) => {
-            // TLS passthrough and TCP routes are served by the passthrough listener path.
-            ctx.stats.no_filter_chain_match.inc();
+        ListenerKind::Tls(_) => tls::serve(ctx, snapshot, index, stream, remote).await,
+        ListenerKind::Tcp(route) => {
+            let session = crate::proxy::tcp::TcpSession {
+                downstream: stream,
+                replay: Vec::new(),
+                remote,
+                server_name: None,
+                peer_identity: None,
+                started: std::time::SystemTime::now(),
+            };
+            crate::proxy::tcp::proxy(&ctx, &snapshot, route, session).await
         }
     }
 }

@@ -4,12 +4,13 @@
 pub mod body;
 pub mod http;
 pub mod local_reply;
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::access_log::AccessLogger;
-use crate::stats::{HttpConnManagerStats, Store};
+use crate::stats::{HttpConnManagerStats, SniStats, Store, TcpProxyStats};
 use crate::upstream::cluster::ClusterManager;
 
 /// State shared by all listeners and connections; survives snapshot swaps.
@@ -17,12 +18,33 @@ pub struct Shared {
     pub clusters: ClusterManager,
     pub logger: Arc<AccessLogger>,
     pub store: Store,
+    /// Beyond Envoy: per-SNI counters for passthrough traffic, capped.
+    pub sni: SniStats,
     hcm_stats: Mutex<HashMap<String, Arc<HttpConnManagerStats>>>,
+    tcp_stats: Mutex<HashMap<String, Arc<TcpProxyStats>>>,
 }
 
 impl Shared {
-    pub fn new(clusters: ClusterManager, logger: Arc<AccessLogger>, store: Store) -> Shared {
-        Shared { clusters, logger, store, hcm_stats: Mutex::new(HashMap::new()) }
+    pub fn new(clusters: ClusterManager, logger: Arc<AccessLogger>, store: Store, max_sni_stats: usize) -> Shared {
+        Shared {
+            clusters,
+            logger,
+            sni: SniStats::new(&store, max_sni_stats),
+            store,
+            hcm_stats: Mutex::new(HashMap::new()),
+            tcp_stats: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The `tcp.<prefix>.` stats, resolved once per prefix.
+    pub fn tcp_stats(&self, prefix: &str) -> Arc<TcpProxyStats> {
+        let mut map = self.tcp_stats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(prefix) {
+            return s.clone();
+        }
+        let s = Arc::new(TcpProxyStats::new(&self.store, prefix));
+        map.insert(prefix.to_string(), s.clone());
+        s
     }
 
     /// The `http.<prefix>.` stats, resolved once per prefix (one map lookup per connection,

@@ -37,6 +37,10 @@ pub struct Listener {
     /// The Gateway server port (80), which VirtualService `match.port` compares against.
     pub server_port: u16,
     pub kind: ListenerKind,
+    /// TLS listeners: SNI → filter chain index (exact, then longest wildcard, then `*` for
+    /// chains without server names).
+    #[serde(skip)]
+    pub sni_index: HostIndex,
 }
 
 #[derive(Debug, Serialize)]

@@ -99,12 +99,14 @@ pub fn build(cx: &mut Cx<'_>, resources: &[&Resource], registry: &Registry<'_>) 
             }
             _ => ListenerKind::Tls(tls_chains(cx, &name, &servers, &bindings, registry)),
         };
-        listeners.push(Listener {
-            name,
-            address,
-            server_port,
-            kind,
-        });
+        let sni_index = match &kind {
+            ListenerKind::Tls(chains) => HostIndex::new(chains.iter().enumerate().flat_map(|(i, c)| {
+                let names: Vec<&str> = if c.server_names.is_empty() { vec!["*"] } else { c.server_names.iter().map(String::as_str).collect() };
+                names.into_iter().map(move |n| (n, i))
+            })),
+            _ => HostIndex::default(),
+        };
+        listeners.push(Listener { name, address, server_port, kind, sni_index });
     }
     listeners
 }

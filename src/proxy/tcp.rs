@@ -1,0 +1,176 @@
+//! TCP proxying for TLS passthrough, `tcp` routes and terminated TLS: connect to a cluster
+//! endpoint, replay what was already read, copy both ways until both sides close (half-close
+//! kept), then write the TCP access-log line and the tcp_proxy, cluster and per-SNI counters.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::access_log::{AccessLogRecord, ResponseFlags};
+use crate::listener::ListenerContext;
+use crate::routing::snapshot::{Snapshot, TcpProxy, WeightedCluster};
+use crate::upstream::cluster::ConnectError;
+
+/// One downstream connection to forward.
+pub struct TcpSession<S> {
+    pub downstream: S,
+    /// Bytes already read from downstream (the ClientHello), sent upstream first.
+    pub replay: Vec<u8>,
+    pub remote: SocketAddr,
+    pub server_name: Option<String>,
+    pub peer_identity: Option<Arc<str>>,
+    pub started: SystemTime,
+}
+
+pub async fn proxy<S>(ctx: &ListenerContext, snapshot: &Snapshot, route: &TcpProxy, session: TcpSession<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let clock = Instant::now();
+    let mut record = AccessLogRecord::new(session.started);
+    record.downstream_local_address = Some(ctx.local);
+    record.downstream_remote_address = Some(session.remote);
+    record.requested_server_name = session.server_name.as_deref().map(Into::into);
+    record.downstream_peer_uri_san = session.peer_identity.clone();
+    ctx.stats.downstream_cx_total.inc();
+    ctx.stats.downstream_cx_active.inc();
+    let tcp_stats = ctx.shared.tcp_stats(&route.stat_prefix);
+    tcp_stats.downstream_cx_total.inc();
+    let sni_stats = session.server_name.as_deref().map(|n| ctx.shared.sni.server_name(n));
+    if let Some(s) = &sni_stats {
+        s.downstream_cx_total.inc();
+    }
+
+    let outcome = forward(ctx, snapshot, route, session, &mut record).await;
+    if let Some((rx, tx)) = outcome {
+        tcp_stats.downstream_cx_rx_bytes_total.add(rx);
+        tcp_stats.downstream_cx_tx_bytes_total.add(tx);
+        if let Some(s) = &sni_stats {
+            s.rx_bytes_total.add(rx);
+            s.tx_bytes_total.add(tx);
+        }
+        record.bytes_received = rx;
+        record.bytes_sent = tx;
+    }
+    record.duration_ms = clock.elapsed().as_millis() as u64;
+    ctx.stats.downstream_cx_active.dec();
+    ctx.shared.logger.log(record);
+}
+
+/// Returns the bytes received from and sent to downstream, or `None` when no upstream was
+/// reached (the record then says why).
+async fn forward<S>(
+    ctx: &ListenerContext,
+    snapshot: &Snapshot,
+    route: &TcpProxy,
+    mut session: TcpSession<S>,
+    record: &mut AccessLogRecord,
+) -> Option<(u64, u64)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let weighted = pick(&route.clusters)?;
+    let Some(cluster) = snapshot.cluster(&weighted.cluster) else {
+        record.upstream_cluster = Some(weighted.cluster.as_str().into());
+        record.response_flags.insert(ResponseFlags::NC);
+        return None;
+    };
+    let rt = ctx.shared.clusters.get(cluster);
+    record.upstream_cluster = Some(rt.name.clone());
+    let endpoints = rt.endpoints().await;
+    let Some(addr) = rt.pick(&endpoints, &[]) else {
+        record.response_flags.insert(ResponseFlags::UH);
+        return None;
+    };
+    record.upstream_host = Some(addr);
+    let mut upstream = match rt.connect(addr).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            record.response_flags.insert(match e {
+                ConnectError::Overflow => ResponseFlags::UO,
+                _ => ResponseFlags::UF,
+            });
+            record.upstream_transport_failure_reason = Some(e.transport_failure_reason().into());
+            return None;
+        }
+    };
+    record.upstream_local_address = upstream.local;
+    rt.stats.upstream_rq_total.inc();
+    let host = rt.host_stats(addr);
+    host.rq_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let replayed = session.replay.len() as u64;
+    if replayed > 0 && upstream.write_all(&session.replay).await.is_err() {
+        record.response_flags.insert(ResponseFlags::UC);
+        return Some((replayed, 0));
+    }
+    session.replay = Vec::new();
+    let mut downstream = Counted { inner: &mut session.downstream, read: 0, written: 0 };
+    if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        // A reset on either side ends both; what was copied until then still counts.
+        tracing::debug!(error = %e, cluster = %rt.name, "tcp proxy ended with an error");
+        record.connection_termination_details = Some("connection_reset".into());
+    }
+    Some((replayed + downstream.read, downstream.written))
+}
+
+/// Counts the bytes read from and written to a stream, so totals survive an error.
+struct Counted<'a, S> {
+    inner: &'a mut S,
+    read: u64,
+    written: u64,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut *self.inner).poll_write(cx, data);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.written += *n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
+fn pick(clusters: &[WeightedCluster]) -> Option<&WeightedCluster> {
+    if clusters.len() <= 1 {
+        return clusters.first();
+    }
+    let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
+    let mut ticket = fastrand::u64(..total.max(1));
+    for c in clusters {
+        if ticket < u64::from(c.weight) {
+            return Some(c);
+        }
+        ticket -= u64::from(c.weight);
+    }
+    clusters.last()
+}
