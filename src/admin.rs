@@ -86,6 +86,7 @@ fn handle(state: &AppState, surface: Surface, req: Request<Incoming>) -> Respons
         (Surface::Admin, "/config_dump") => config_dump(state),
         (Surface::Admin, "/server_info") => server_info(state),
         (Surface::Admin, "/listeners") => listeners(state),
+        (Surface::Admin, "/clusters") => clusters(state),
         (Surface::Admin, "/quitquitquit") if req.method() == Method::POST => {
             state.request_shutdown();
             reply(StatusCode::OK, "text/plain", "OK\n".into())
@@ -100,7 +101,7 @@ fn handle(state: &AppState, surface: Surface, req: Request<Incoming>) -> Respons
     }
 }
 
-const INDEX: &str = "egressd admin\n  /ready\n  /stats[?filter=REGEX&usedonly&format=json|prometheus]\n  /stats/prometheus\n  /listeners\n  /config_dump\n  /server_info\n  /quitquitquit (POST)\n";
+const INDEX: &str = "egressd admin\n  /ready\n  /stats[?filter=REGEX&usedonly&format=json|prometheus]\n  /stats/prometheus\n  /listeners\n  /clusters\n  /config_dump\n  /server_info\n  /quitquitquit (POST)\n";
 
 fn ready(state: &AppState) -> Response<Full<Bytes>> {
     if *state.shutdown.borrow() {
@@ -161,6 +162,58 @@ fn listeners(state: &AppState) -> Response<Full<Bytes>> {
         body.push_str(&format!("{}::{}\n", l.name, l.address));
     }
     reply(StatusCode::OK, "text/plain", body)
+}
+
+/// Envoy's `/clusters` text: per-cluster settings and per-host counters
+/// (`outbound|443||edition.cnn.com::127.0.0.1:443::cx_total::2`).
+fn clusters(state: &AppState) -> Response<Full<Bytes>> {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let snapshot = state.snapshot.load();
+    let shared = state.shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut out = String::new();
+    for (name, cluster) in &snapshot.clusters {
+        let _ = writeln!(out, "{name}::observability_name::{name}");
+        let _ = writeln!(out, "{name}::default_priority::max_connections::{}", cluster.limits.max_connections);
+        let _ = writeln!(out, "{name}::default_priority::max_pending_requests::{}", cluster.limits.max_pending_requests);
+        let _ = writeln!(out, "{name}::default_priority::max_requests::{}", cluster.limits.max_requests);
+        let _ = writeln!(out, "{name}::default_priority::max_retries::{}", cluster.limits.max_retries);
+        let _ = writeln!(out, "{name}::added_via_api::true");
+        let Some(rt) = shared.as_ref().and_then(|s| s.clusters.existing(name)) else { continue };
+        let mut hosts: Vec<std::net::SocketAddr> = rt.current_endpoints().to_vec();
+        for (addr, _) in rt.hosts() {
+            if !hosts.contains(&addr) {
+                hosts.push(addr);
+            }
+        }
+        hosts.sort();
+        for addr in hosts {
+            let h = rt.host_stats(addr);
+            for (stat, value) in [
+                ("cx_active", h.cx_active.load(Relaxed)),
+                ("cx_connect_fail", h.cx_connect_fail.load(Relaxed)),
+                ("cx_total", h.cx_total.load(Relaxed)),
+                ("rq_active", h.rq_active.load(Relaxed)),
+                ("rq_error", h.rq_error.load(Relaxed)),
+                ("rq_success", h.rq_success.load(Relaxed)),
+                ("rq_timeout", h.rq_timeout.load(Relaxed)),
+                ("rq_total", h.rq_total.load(Relaxed)),
+            ] {
+                let _ = writeln!(out, "{name}::{addr}::{stat}::{value}");
+            }
+            let _ = writeln!(out, "{name}::{addr}::hostname::{}", rt.hostname().unwrap_or(""));
+            let _ = writeln!(out, "{name}::{addr}::health_flags::healthy");
+            let _ = writeln!(out, "{name}::{addr}::weight::1");
+            let _ = writeln!(out, "{name}::{addr}::region::");
+            let _ = writeln!(out, "{name}::{addr}::zone::");
+            let _ = writeln!(out, "{name}::{addr}::sub_zone::");
+            let _ = writeln!(out, "{name}::{addr}::canary::false");
+            let _ = writeln!(out, "{name}::{addr}::priority::0");
+            let _ = writeln!(out, "{name}::{addr}::success_rate::-1");
+            let _ = writeln!(out, "{name}::{addr}::local_origin_success_rate::-1");
+        }
+    }
+    reply(StatusCode::OK, "text/plain", out)
 }
 
 fn options(query: &str) -> Result<RenderOptions, String> {

@@ -106,7 +106,7 @@ async fn serve(
         .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
     let logger = Arc::new(access_logger(&bootstrap)?);
     let shared = Arc::new(crate::proxy::Shared::new(
-        crate::upstream::cluster::ClusterManager::new(store.clone(), resolver),
+        crate::upstream::cluster::ClusterManager::new(store.clone(), resolver, bootstrap.certs.clone()),
         logger.clone(),
         store.clone(),
         bootstrap.limits.max_sni_stats,

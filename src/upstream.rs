@@ -4,3 +4,4 @@ pub mod cluster;
 pub mod dns;
 pub mod endpoints;
 pub mod pool;
+pub mod tls;

@@ -324,7 +324,7 @@ async fn forward(
         log.record.upstream_host = Some(addr);
         let host = rt.host_stats(addr);
         let can_retry = attempt < policy.attempts;
-        let checkout = with_deadline(deadline, rt.pool.checkout(rt, addr)).await;
+        let checkout = with_deadline(deadline, rt.pool.checkout(rt, addr, Some(authority))).await;
         let mut sender = match checkout {
             None => return Err(Failure::Timeout),
             Some(Err(CheckoutError::Connect(error))) => {
@@ -338,6 +338,14 @@ async fn forward(
                     return Err(Failure::Connect { error, retried: attempt > 0 });
                 }
                 return Err(last);
+            }
+            Some(Err(CheckoutError::Tls(reason))) => {
+                if can_retry && retry_connect {
+                    attempt += 1;
+                    rt.stats.upstream_rq_retry.inc();
+                    continue;
+                }
+                return Err(Failure::Tls { reason, retried: attempt > 0 });
             }
             Some(Err(CheckoutError::Handshake(_))) => {
                 last = Failure::ResetBeforeResponse { retried: attempt > 0 };
@@ -389,10 +397,10 @@ async fn forward(
                     attempt += 1;
                     rt.stats.upstream_rq_retry.inc();
                     rt.stats.rq_completed(status);
-                    rt.pool.checkin(addr, sender);
+                    rt.pool.checkin(sender);
                     continue;
                 }
-                rt.pool.checkin(addr, sender);
+                rt.pool.checkin(sender);
                 host.rq_active.fetch_add(1, Ordering::Relaxed);
                 log.host = Some(host);
                 return Ok((response, started.elapsed().as_millis() as u64));

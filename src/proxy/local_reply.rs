@@ -17,6 +17,8 @@ pub enum Failure {
     NoHealthyUpstream,
     /// Connecting failed (after `retried` retries): 503 UF (URX,UF when retried).
     Connect { error: ConnectError, retried: bool },
+    /// TLS origination failed (handshake, verification or config): 503 UF.
+    Tls { reason: String, retried: bool },
     /// The upstream closed or reset before the response headers: 503 UC.
     ResetBeforeResponse { retried: bool },
     /// No response headers within the route (or per-try) timeout: 504 UT.
@@ -81,6 +83,19 @@ impl Failure {
                     transport_failure: Some(error.transport_failure_reason().into()),
                 }
             }
+            Failure::Tls { reason, retried } => {
+                let mut flags = ResponseFlags::UF;
+                if *retried {
+                    flags.insert(ResponseFlags::URX);
+                }
+                Reply {
+                    status: 503,
+                    body: reset_body("connection failure", *retried),
+                    flags,
+                    details: format!("upstream_reset_before_response_started{{connection_failure|TLS_error:_{reason}}}").into(),
+                    transport_failure: Some(format!("TLS_error: {reason}").into()),
+                }
+            }
             Failure::ResetBeforeResponse { retried } => {
                 let mut flags = ResponseFlags::UC;
                 if *retried {
@@ -130,6 +145,7 @@ fn reset_body(reason: &str, retried: bool) -> &'static str {
         "remote connection failure" => body!("remote connection failure"),
         "connection timeout" => body!("connection timeout"),
         "connection termination" => body!("connection termination"),
+        "connection failure" => body!("connection failure"),
         _ => body!("overflow"),
     }
 }

@@ -64,10 +64,17 @@ pub struct ClusterRuntime {
     pub pool: Pool,
     /// Open upstream connections, against `maxConnections`.
     open: Arc<AtomicU64>,
+    /// TLS origination (DestinationRule `tls`), or why it cannot be set up.
+    pub tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 impl ClusterRuntime {
-    fn new(config: Arc<Cluster>, store: &Store, resolver: &Resolver) -> ClusterRuntime {
+    fn new(config: Arc<Cluster>, store: &Store, resolver: &Resolver, certs_dir: &std::path::Path) -> ClusterRuntime {
+        let tls = config.tls.as_ref().map(|t| {
+            super::tls::client_config(t, config.protocol, certs_dir).inspect_err(|e| {
+                tracing::warn!(cluster = %config.name, error = %e, "TLS origination is misconfigured; requests will fail with UF");
+            })
+        });
         let endpoints = match &config.discovery {
             Discovery::StrictDns { targets } if targets.len() == 1 => Endpoints::Dns(DnsEndpoints::spawn(
                 resolver.clone(),
@@ -105,6 +112,21 @@ impl ClusterRuntime {
             next: AtomicUsize::new(0),
             hosts: Mutex::new(HashMap::new()),
             open: Arc::new(AtomicU64::new(0)),
+            tls,
+        }
+    }
+
+    /// Current endpoints, without waiting.
+    pub fn current_endpoints(&self) -> Arc<[SocketAddr]> {
+        self.endpoints.current()
+    }
+
+    /// The endpoints' host name (DNS clusters), for `/clusters`.
+    pub fn hostname(&self) -> Option<&str> {
+        match &self.config.discovery {
+            Discovery::StrictDns { targets } => targets.first().map(|t| t.host.as_str()),
+            Discovery::LogicalDns { target } => Some(target.host.as_str()),
+            _ => None,
         }
     }
 
@@ -274,12 +296,14 @@ impl AsyncWrite for CountedStream {
 pub struct ClusterManager {
     store: Store,
     resolver: Resolver,
+    /// The mesh identity for ISTIO_MUTUAL origination.
+    certs_dir: std::path::PathBuf,
     clusters: Mutex<HashMap<Arc<str>, Arc<ClusterRuntime>>>,
 }
 
 impl ClusterManager {
-    pub fn new(store: Store, resolver: Resolver) -> ClusterManager {
-        ClusterManager { store, resolver, clusters: Mutex::new(HashMap::new()) }
+    pub fn new(store: Store, resolver: Resolver, certs_dir: std::path::PathBuf) -> ClusterManager {
+        ClusterManager { store, resolver, certs_dir, clusters: Mutex::new(HashMap::new()) }
     }
 
     /// The runtime of a compiled cluster, created on first use.
@@ -290,9 +314,15 @@ impl ClusterManager {
                 return rt.clone();
             }
         }
-        let rt = Arc::new(ClusterRuntime::new(config.clone(), &self.store, &self.resolver));
+        let rt = Arc::new(ClusterRuntime::new(config.clone(), &self.store, &self.resolver, &self.certs_dir));
         clusters.insert(rt.name.clone(), rt.clone());
         rt
+    }
+
+    /// The runtime of a cluster if it was used.
+    pub fn existing(&self, name: &str) -> Option<Arc<ClusterRuntime>> {
+        let clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        clusters.get(name).cloned()
     }
 
     /// Every cluster used so far, by name.

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -18,12 +18,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request bodies sent upstream.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
+/// Connections are shared per endpoint and, with TLS origination, per SNI.
+pub type PoolKey = (SocketAddr, Option<Arc<str>>);
+
 /// Idle HTTP/1.1 connections kept per endpoint (beyond that they are closed).
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// A connection ready to carry one request.
 pub enum Sender {
-    Http1 { send: http1::SendRequest<UpstreamBody>, uses: u32, local: Option<SocketAddr> },
+    Http1 { send: http1::SendRequest<UpstreamBody>, uses: u32, local: Option<SocketAddr>, key: PoolKey },
     Http2 { send: http2::SendRequest<UpstreamBody>, local: Option<SocketAddr> },
 }
 
@@ -56,8 +59,8 @@ impl Sender {
 pub struct Pool {
     protocol: UpstreamProtocol,
     max_requests_per_connection: Option<u32>,
-    idle: Mutex<HashMap<SocketAddr, Vec<(http1::SendRequest<UpstreamBody>, u32, Option<SocketAddr>)>>>,
-    shared: Mutex<HashMap<SocketAddr, (http2::SendRequest<UpstreamBody>, Option<SocketAddr>)>>,
+    idle: Mutex<HashMap<PoolKey, Vec<(http1::SendRequest<UpstreamBody>, u32, Option<SocketAddr>)>>>,
+    shared: Mutex<HashMap<PoolKey, (http2::SendRequest<UpstreamBody>, Option<SocketAddr>)>>,
 }
 
 impl Pool {
@@ -70,19 +73,67 @@ impl Pool {
         }
     }
 
-    /// A connection to `addr`: an idle one if any is ready, else a new one. The bool is true
-    /// when the connection is new.
-    pub async fn checkout(&self, rt: &ClusterRuntime, addr: SocketAddr) -> Result<(Sender, bool), CheckoutError> {
+    /// A connection to `addr`: an idle one if any is ready, else a new one (TLS-originated when
+    /// the cluster says so, with the SNI from `tls.sni` or `authority`). The bool is true when
+    /// the connection is new.
+    pub async fn checkout(
+        &self,
+        rt: &ClusterRuntime,
+        addr: SocketAddr,
+        authority: Option<&str>,
+    ) -> Result<(Sender, bool), CheckoutError> {
+        let tls = match (&rt.tls, &rt.config.tls) {
+            (Some(Ok(config)), Some(settings)) => {
+                let name = super::tls::server_name(settings, authority, &rt.config.host)
+                    .ok_or_else(|| CheckoutError::Tls("invalid SNI".into()))?;
+                Some((config.clone(), name))
+            }
+            (Some(Err(e)), _) => return Err(CheckoutError::Tls(e.clone())),
+            _ => None,
+        };
+        let key: PoolKey = (addr, tls.as_ref().map(|(_, n)| Arc::from(n.to_str().as_ref())));
         if self.protocol == UpstreamProtocol::Http2 {
-            if let Some((send, local)) = self.shared_ready(addr) {
+            if let Some((send, local)) = self.shared_ready(&key) {
                 return Ok((Sender::Http2 { send, local }, false));
             }
-        } else if let Some((send, uses, local)) = self.idle_ready(addr) {
-            return Ok((Sender::Http1 { send, uses, local }, false));
+        } else if let Some((send, uses, local)) = self.idle_ready(&key) {
+            return Ok((Sender::Http1 { send, uses, local, key }, false));
         }
         let stream = rt.connect(addr).await.map_err(CheckoutError::Connect)?;
         let local = stream.local;
-        let io = TokioIo::new(stream);
+        let sender = match tls {
+            None => self.handshake(TokioIo::new(stream), local, &key).await?,
+            Some((config, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(config);
+                let handshake = tokio::time::timeout(rt.config.connect_timeout, connector.connect(name, stream)).await;
+                match handshake {
+                    Ok(Ok(tls_stream)) => {
+                        rt.stats.ssl_handshake.inc();
+                        self.handshake(TokioIo::new(tls_stream), local, &key).await?
+                    }
+                    Ok(Err(e)) => {
+                        let text = e.to_string();
+                        if text.contains("NotValidForName") || text.contains("not valid for name") {
+                            rt.stats.ssl_fail_verify_san.inc();
+                        } else {
+                            rt.stats.ssl_connection_error.inc();
+                        }
+                        return Err(CheckoutError::Tls(text));
+                    }
+                    Err(_) => {
+                        rt.stats.ssl_connection_error.inc();
+                        return Err(CheckoutError::Tls("TLS handshake timeout".into()));
+                    }
+                }
+            }
+        };
+        Ok((sender, true))
+    }
+
+    async fn handshake<I>(&self, io: TokioIo<I>, local: Option<SocketAddr>, key: &PoolKey) -> Result<Sender, CheckoutError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         if self.protocol == UpstreamProtocol::Http2 {
             let (send, conn) = http2::handshake(TokioExecutor::new(), io)
                 .await
@@ -91,22 +142,20 @@ impl Pool {
                 let _ = conn.await;
             });
             let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            shared.insert(addr, (send.clone(), local));
-            Ok((Sender::Http2 { send, local }, true))
+            shared.insert(key.clone(), (send.clone(), local));
+            Ok(Sender::Http2 { send, local })
         } else {
-            let (send, conn) = http1::handshake(io)
-                .await
-                .map_err(|e| CheckoutError::Handshake(e.to_string()))?;
+            let (send, conn) = http1::handshake(io).await.map_err(|e| CheckoutError::Handshake(e.to_string()))?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            Ok((Sender::Http1 { send, uses: 0, local }, true))
+            Ok(Sender::Http1 { send, uses: 0, local, key: key.clone() })
         }
     }
 
-    fn idle_ready(&self, addr: SocketAddr) -> Option<(http1::SendRequest<UpstreamBody>, u32, Option<SocketAddr>)> {
+    fn idle_ready(&self, key: &PoolKey) -> Option<(http1::SendRequest<UpstreamBody>, u32, Option<SocketAddr>)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(key)?;
         // Newest first: the most recently used connection is the least likely to have been
         // closed by the upstream's idle timeout.
         let mut busy = Vec::new();
@@ -125,11 +174,11 @@ impl Pool {
         found
     }
 
-    fn shared_ready(&self, addr: SocketAddr) -> Option<(http2::SendRequest<UpstreamBody>, Option<SocketAddr>)> {
+    fn shared_ready(&self, key: &PoolKey) -> Option<(http2::SendRequest<UpstreamBody>, Option<SocketAddr>)> {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        match shared.get(&addr) {
+        match shared.get(key) {
             Some((send, _)) if send.is_closed() => {
-                shared.remove(&addr);
+                shared.remove(key);
                 None
             }
             Some((send, local)) => Some((send.clone(), *local)),
@@ -139,13 +188,13 @@ impl Pool {
 
     /// Returns an HTTP/1.1 connection after its response headers arrived; it becomes reusable
     /// once that response's body has been read (hyper reports it ready then).
-    pub fn checkin(&self, addr: SocketAddr, sender: Sender) {
-        let Sender::Http1 { send, uses, local } = sender else { return };
+    pub fn checkin(&self, sender: Sender) {
+        let Sender::Http1 { send, uses, local, key } = sender else { return };
         if send.is_closed() || self.max_requests_per_connection.is_some_and(|max| uses >= max) {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push((send, uses, local));
         }
@@ -155,5 +204,8 @@ impl Pool {
 #[derive(Debug)]
 pub enum CheckoutError {
     Connect(ConnectError),
+    /// The HTTP/2 or HTTP/1.1 connection setup failed.
     Handshake(String),
+    /// TLS origination failed (bad config, handshake or verification).
+    Tls(String),
 }
