@@ -1,0 +1,268 @@
+//! Issue 3 end to end: the seed's HTTP scenario through the real egressd binary, with a real DNS
+//! server, real origins and curl; every routing outcome with Envoy's status, flags and details;
+//! h2c both ways; DNS refresh and failure; an upstream dropped mid-response; headers.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use support::dns::TestDns;
+use support::egressd::{Egressd, EgressdOptions, LogFormat};
+use support::origin::Origin;
+use support::tools::{curl_async, stdout};
+
+/// Istio resources for one external host, `host` → `port` (ServiceEntry resolved by DNS).
+fn config(host: &str, extra: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: istio-egressgateway}}\nspec:\n  selector: {{istio: egressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ext}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: DNS\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ext}}\nspec:\n  hosts: [{host}]\n  gateways: [istio-egressgateway]\n  http:\n  - name: ext-route\n    route: [{{destination: {{host: {host}, port: {{number: 80}}}}}}]\n{extra}"
+    );
+    std::fs::write(dir.path().join("istio.yaml"), yaml).unwrap();
+    dir
+}
+
+async fn start(config_dir: &Path, dns: &TestDns, format: LogFormat) -> Egressd {
+    let mut opts = EgressdOptions::new(config_dir);
+    opts.dns = Some(dns.addr());
+    opts.port_mapping = vec![(80, 0)];
+    opts.access_log = format;
+    Egressd::start_async(opts).await
+}
+
+fn gateway_url(e: &Egressd, path: &str) -> String {
+    format!("http://127.0.0.1:{}{path}", e.bound_port(80))
+}
+
+/// The fields of one TEXT access-log line, split as Istio's format lays them out.
+fn fields(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = line.trim_end();
+    if let Some(end) = rest.find("] ") {
+        out.push(rest[1..end].to_string());
+        rest = &rest[end + 2..];
+    }
+    while !rest.is_empty() {
+        if let Some(stripped) = rest.strip_prefix('"') {
+            let end = stripped.find('"').unwrap();
+            out.push(stripped[..end].to_string());
+            rest = stripped[end + 1..].trim_start();
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            out.push(rest[..end].to_string());
+            rest = rest[end..].trim_start();
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_http_scenario_with_curl() {
+    let dns = TestDns::start().await;
+    let ip = Ipv4Addr::new(127, 0, 0, 101);
+    dns.set_a("edition.cnn.com", &[ip], 30);
+    let origin = Origin::start(SocketAddr::new(ip.into(), 80), None);
+    // The redirect target: https://edition.cnn.com/politics, served directly (not through the
+    // gateway), as in the seed, by a TLS origin with a test CA.
+    let ca = support::certs::TestCa::new("test-ca");
+    let leaf = ca.server_cert(&["edition.cnn.com"]);
+    let https = support::raw::RawOrigin::start(
+        SocketAddr::new(ip.into(), 443),
+        Some(support::certs::server_config(&leaf, &[b"http/1.1"])),
+    );
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_root(ca_dir.path(), "ca.pem");
+    let e = start(Path::new("tests/fixtures/seed/http-mtls-disabled"), &dns, LogFormat::Text).await;
+
+    let connect_to = format!("edition.cnn.com:80:127.0.0.1:{}", e.bound_port(80));
+    let resolve = format!("edition.cnn.com:443:{ip}");
+    let out = curl_async(&[
+        "-sL", "-o", "/dev/null", "-D", "-", "--connect-to", &connect_to, "--resolve", &resolve, "--cacert",
+        ca_file.to_str().unwrap(), "-A", "curl/7.35.0", "http://edition.cnn.com/politics",
+    ])
+    .await;
+    let headers = stdout(&out);
+    let status: Vec<&str> = headers.lines().filter(|l| l.starts_with("HTTP/")).map(str::trim).collect();
+    assert_eq!(status, ["HTTP/1.1 301 Moved Permanently", "HTTP/1.1 200 OK"], "{headers}");
+    assert!(headers.to_ascii_lowercase().contains("location: https://edition.cnn.com/politics"), "{headers}");
+    assert!(headers.contains("151654"), "{headers}");
+    assert_eq!(origin.requests().len(), 1);
+    assert_eq!(https.requests().len(), 1);
+
+    let line = e.wait_for_log_lines(1, Duration::from_secs(5)).remove(0);
+    let f = fields(&line);
+    // 24 fields; method, path and protocol share one quoted token.
+    assert_eq!(f.len(), 22, "{line}");
+    assert_eq!(&f[1], "GET /politics HTTP/1.1");
+    assert_eq!((&f[2][..], &f[3][..], &f[4][..], &f[5][..], &f[6][..]), ("301", "-", "via_upstream", "-", "-"));
+    assert_eq!((&f[7][..], &f[8][..]), ("0", "0"), "bytes in/out: {line}");
+    assert_eq!(&f[11], "127.0.0.1", "XFF has the downstream address");
+    assert_eq!(&f[12], "curl/7.35.0");
+    assert_eq!(f[13].len(), 36, "generated x-request-id: {line}");
+    assert_eq!(&f[14], "edition.cnn.com");
+    assert_eq!(f[15], format!("{ip}:80"));
+    assert_eq!(&f[16], "outbound|80||edition.cnn.com");
+    assert!(f[17].starts_with("127.0.0.1:"), "upstream local address: {line}");
+    assert_eq!(f[18], format!("127.0.0.1:{}", e.bound_port(80)));
+    assert!(f[19].starts_with("127.0.0.1:"));
+    assert_eq!((&f[20][..], &f[21][..]), ("-", "-"), "no SNI, unnamed route: {line}");
+
+    let stats = e.stats();
+    for expected in [
+        "cluster.outbound|80||edition.cnn.com.upstream_rq_301: 1",
+        "cluster.outbound|80||edition.cnn.com.upstream_rq_3xx: 1",
+        "cluster.outbound|80||edition.cnn.com.upstream_cx_total: 1",
+        "http.outbound_127.0.0.1_",
+        "listener.127.0.0.1_",
+    ] {
+        assert!(stats.contains(expected), "`{expected}` not in /stats:\n{stats}");
+    }
+    assert_eq!(e.stat(&format!("http.outbound_127.0.0.1_{}.downstream_rq_3xx", e.bound_port(80))), Some(1));
+    let prom = e.get("/stats/prometheus").text();
+    assert!(
+        prom.contains("envoy_cluster_upstream_rq{cluster_name=\"outbound|80||edition.cnn.com\",response_code=\"301\"} 1"),
+        "{prom}"
+    );
+    let filtered = e.get("/stats?filter=edition.cnn.com.upstream_rq_301").text();
+    assert_eq!(filtered.trim(), "cluster.outbound|80||edition.cnn.com.upstream_rq_301: 1");
+    let clusters = e.get("/clusters").text();
+    assert!(clusters.contains(&format!("outbound|80||edition.cnn.com::{ip}:80::cx_total::1")), "{clusters}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_has_envoys_status_flags_and_details() {
+    let dns = TestDns::start().await;
+    dns.set_a("ok.example.com", &[Ipv4Addr::new(127, 0, 0, 102)], 30);
+    // Nothing listens on 127.0.0.103:80: connections are refused.
+    dns.set_a("down.example.com", &[Ipv4Addr::new(127, 0, 0, 103)], 30);
+    let _origin = Origin::start("127.0.0.102:80".parse().unwrap(), None);
+    let extra = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: more}\nspec:\n  hosts: [nocluster.example.com, none.example.com, down.example.com, noretry.example.com]\n  gateways: [istio-egressgateway]\n  http:\n  - match: [{authority: {exact: nocluster.example.com}}]\n    route: [{destination: {host: nocluster.example.com}}]\n  - match: [{authority: {exact: none.example.com}}]\n    route: [{destination: {host: none.example.com}}]\n  - match: [{authority: {exact: noretry.example.com}}]\n    retries: {attempts: 0}\n    route: [{destination: {host: down.example.com}}]\n  - route: [{destination: {host: down.example.com}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: slow}\nspec:\n  hosts: [slow.example.com]\n  gateways: [istio-egressgateway]\n  http:\n  - timeout: 0.3s\n    route: [{destination: {host: ok.example.com}}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: none}\nspec:\n  hosts: [none.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: NONE\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: down}\nspec:\n  hosts: [down.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS\n";
+    let dir = config("ok.example.com", extra);
+    let e = start(dir.path(), &dns, LogFormat::Text).await;
+
+    let cases: [(&str, &str, u16, &str, usize); 6] = [
+        ("unknown.example.com", "/", 404, "NR route_not_found", 0),
+        ("nocluster.example.com", "/", 503, "NC cluster_not_found", 0),
+        ("none.example.com", "/", 503, "UH no_healthy_upstream", 19),
+        (
+            "down.example.com",
+            "/",
+            503,
+            "UF,URX upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
+            121,
+        ),
+        (
+            "noretry.example.com",
+            "/",
+            503,
+            "UF upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
+            98,
+        ),
+        ("slow.example.com", "/hang", 504, "UT upstream_response_timeout", 24),
+    ];
+    for (i, (host, path, status, flags_details, body_len)) in cases.iter().enumerate() {
+        let out = curl_async(&["-s", "-o", "-", "-w", "\n%{http_code}", "-H", &format!("Host: {host}"), &gateway_url(&e, path)]).await;
+        let text = stdout(&out);
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        assert_eq!(code, status.to_string(), "{host}: {text}");
+        assert_eq!(body.len(), *body_len, "{host}: body {body:?}");
+        let line = e.wait_for_log_lines(i + 1, Duration::from_secs(5)).remove(i);
+        assert!(line.contains(&format!("\" {status} {flags_details} ")), "{host}: {line}");
+    }
+    assert_eq!(e.stat("cluster.outbound|80||down.example.com.upstream_cx_connect_fail"), Some(4));
+    assert_eq!(e.stat("cluster.outbound|80||down.example.com.upstream_rq_total"), Some(0));
+    assert_eq!(e.stat("cluster.outbound|80||down.example.com.upstream_rq_503"), Some(2));
+    assert_eq!(e.stat("cluster.outbound|80||ok.example.com.upstream_rq_timeout"), Some(1));
+    assert!(e.stat(&format!("http.outbound_127.0.0.1_{}.no_route", e.bound_port(80))).unwrap() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_from_the_client_and_to_the_upstream() {
+    let dns = TestDns::start().await;
+    dns.set_a("h2.example.com", &[Ipv4Addr::new(127, 0, 0, 104)], 30);
+    let origin = Origin::start("127.0.0.104:80".parse().unwrap(), None);
+    let dir = config("h2.example.com", "");
+    // The ServiceEntry port says HTTP2: the gateway talks h2c to the origin.
+    let yaml = std::fs::read_to_string(dir.path().join("istio.yaml")).unwrap().replace("protocol: HTTP}]\n  resolution", "protocol: HTTP2}]\n  resolution");
+    std::fs::write(dir.path().join("istio.yaml"), yaml).unwrap();
+    let e = start(dir.path(), &dns, LogFormat::Json).await;
+    let out = curl_async(&["-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "-H", "Host: h2.example.com", &gateway_url(&e, "/echo")]).await;
+    assert_eq!(stdout(&out), "200 2");
+    let out = curl_async(&["-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "-H", "Host: h2.example.com", &gateway_url(&e, "/echo")]).await;
+    assert_eq!(stdout(&out), "200 1.1");
+    let seen = origin.wait_for_requests(2, Duration::from_secs(5));
+    assert!(seen.iter().all(|r| r.version == "HTTP/2"), "{seen:?}");
+    assert_eq!(origin.connections(), 1, "both requests share one pooled h2 connection");
+    let lines = e.wait_for_log_lines(2, Duration::from_secs(5));
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["protocol"], "HTTP/2");
+    assert_eq!(first["response_code"], 200);
+    assert_eq!(first["upstream_cluster"], "outbound|80||h2.example.com");
+    assert_eq!(first["route_name"], "ext-route");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_changes_are_followed_and_failures_keep_the_last_answer() {
+    let dns = TestDns::start().await;
+    dns.set_a("moving.example.com", &[Ipv4Addr::new(127, 0, 0, 105)], 1);
+    let first = Origin::start("127.0.0.105:80".parse().unwrap(), None);
+    let second = Origin::start("127.0.0.106:80".parse().unwrap(), None);
+    let dir = config("moving.example.com", "");
+    let e = start(dir.path(), &dns, LogFormat::Text).await;
+    let url = gateway_url(&e, "/");
+    let get = || async { curl_async(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: moving.example.com", &url]).await };
+    assert_eq!(stdout(&get().await), "200");
+    assert_eq!(first.requests().len(), 1);
+
+    dns.set_a("moving.example.com", &[Ipv4Addr::new(127, 0, 0, 106)], 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while second.requests().is_empty() && std::time::Instant::now() < deadline {
+        assert_eq!(stdout(&get().await), "200");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!second.requests().is_empty(), "the TTL expired but the new address was never used");
+
+    dns.set_failing(true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = second.requests().len();
+    assert_eq!(stdout(&get().await), "200", "the last good answer is kept while DNS fails");
+    assert_eq!(second.requests().len(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_dropped_mid_response_resets_the_client() {
+    let dns = TestDns::start().await;
+    dns.set_a("reset.example.com", &[Ipv4Addr::new(127, 0, 0, 107)], 30);
+    let _origin = Origin::start("127.0.0.107:80".parse().unwrap(), None);
+    let dir = config("reset.example.com", "");
+    let e = start(dir.path(), &dns, LogFormat::Text).await;
+    let out = curl_async(&["-s", "-o", "/dev/null", "-H", "Host: reset.example.com", &gateway_url(&e, "/reset-mid-body")]).await;
+    assert_ne!(out.status.code(), Some(0), "the client must see the transfer cut short");
+    let line = e.wait_for_log_lines(1, Duration::from_secs(5)).remove(0);
+    assert!(line.contains("\" 200 UC upstream_reset_after_response_started{connection_termination} "), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_handled_like_envoys_gateway() {
+    let dns = TestDns::start().await;
+    dns.set_a("echo.example.com", &[Ipv4Addr::new(127, 0, 0, 108)], 30);
+    let origin = Origin::start("127.0.0.108:80".parse().unwrap(), None);
+    let dir = config("echo.example.com", "");
+    let e = start(dir.path(), &dns, LogFormat::Text).await;
+    let out = curl_async(&[
+        "-s", "-D", "-", "-o", "/dev/null", "-H", "Host: echo.example.com", "-H", "x-forwarded-for: 10.1.2.3", "-H",
+        "x-forwarded-client-cert: By=spiffe://cluster.local/ns/a/sa/b", "-H", "x-envoy-peer-metadata: abc", "-H",
+        "x-envoy-peer-metadata-id: sidecar~1", "-H", "Connection: keep-alive, x-hop", "-H", "x-hop: 1", &gateway_url(&e, "/echo"),
+    ])
+    .await;
+    let response = stdout(&out).to_ascii_lowercase();
+    assert!(response.contains("x-envoy-upstream-service-time: "), "{response}");
+    let seen = origin.wait_for_requests(1, Duration::from_secs(5)).remove(0);
+    assert_eq!(seen.header("x-forwarded-for"), Some("10.1.2.3,127.0.0.1"));
+    assert_eq!(seen.header("x-request-id").map(str::len), Some(36));
+    assert_eq!(seen.header("host"), Some("echo.example.com"));
+    for gone in ["x-forwarded-client-cert", "x-envoy-peer-metadata", "x-envoy-peer-metadata-id", "x-hop"] {
+        assert_eq!(seen.header(gone), None, "{gone} must not reach an external host");
+    }
+}

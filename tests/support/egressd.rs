@@ -1,0 +1,417 @@
+//! The real `egressd` binary as a child process: free loopback ports for admin, health, Prometheus
+//! and every mapped gateway port, the access log and stderr in a temporary directory, readiness
+//! awaited by polling `/ready` (bounded), and helpers to read stats, logs and the process's file
+//! descriptors. Dropping an [`Egressd`] stops its child (SIGTERM, SIGKILL after 2 s) and only it.
+//!
+//! The binary is `CARGO_BIN_EXE_egressd`, which Cargo sets when it compiles an integration test
+//! crate (this module is compiled inside each one); [`EgressdOptions::binary`] overrides it.
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::tools::{free_addr, http_get, http_request, HttpResponse};
+
+/// How long [`Egressd::start`] waits for `/ready`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Poll interval of every wait here.
+const POLL: Duration = Duration::from_millis(20);
+/// Grace between SIGTERM and SIGKILL when stopping.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Access log format flag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// How to run egressd.
+#[derive(Debug, Clone)]
+pub struct EgressdOptions {
+    /// `--config`: a file or a directory of Istio YAML.
+    pub config_dir: PathBuf,
+    /// `--dns 127.0.0.1:PORT` (e.g. `TestDns::addr()`); `None`: the system's.
+    pub dns: Option<SocketAddr>,
+    /// `--certs DIR` (cert-chain.pem, key.pem, root-cert.pem).
+    pub certs: Option<PathBuf>,
+    /// Gateway server port → bound port; bound port 0 means "pick a free one".
+    pub port_mapping: Vec<(u16, u16)>,
+    /// `--access-log-format`.
+    pub access_log: LogFormat,
+    /// Appended after the flags above.
+    pub extra_args: Vec<String>,
+    /// Extra environment (after `EGRESSD_LOG=info`, so it can override it).
+    pub env: Vec<(String, String)>,
+    /// The binary; `None`: `CARGO_BIN_EXE_egressd`.
+    pub binary: Option<PathBuf>,
+}
+
+impl Default for EgressdOptions {
+    fn default() -> Self {
+        EgressdOptions {
+            config_dir: PathBuf::new(),
+            dns: None,
+            certs: None,
+            port_mapping: vec![(80, 0), (443, 0)],
+            access_log: LogFormat::Text,
+            extra_args: Vec::new(),
+            env: Vec::new(),
+            binary: None,
+        }
+    }
+}
+
+impl EgressdOptions {
+    /// Defaults (ports 80 and 443 mapped to free ports, text log) for this config.
+    pub fn new(config_dir: impl Into<PathBuf>) -> Self {
+        EgressdOptions {
+            config_dir: config_dir.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A running egressd child process.
+pub struct Egressd {
+    child: Option<Child>,
+    pid: u32,
+    dir: tempfile::TempDir,
+    admin: SocketAddr,
+    health: SocketAddr,
+    prometheus: SocketAddr,
+    ports: Vec<(u16, u16)>,
+    access_log: PathBuf,
+    stderr_path: PathBuf,
+    stdout_path: PathBuf,
+}
+
+impl Egressd {
+    /// Spawns egressd and waits (up to 15 s) until `/ready` answers 200; panics with its stderr
+    /// if it exits or does not get ready (the child is stopped first).
+    pub fn start(opts: EgressdOptions) -> Egressd {
+        let mut e = Egressd::spawn(opts);
+        if let Err(why) = e.wait_ready(READY_TIMEOUT) {
+            e.stop();
+            panic!("egressd did not get ready: {why}\n--- stderr ---\n{}", e.stderr());
+        }
+        e
+    }
+
+    /// [`Egressd::start`] for async tests: polls with tokio's timer so that peers on the test's
+    /// runtime (e.g. `TestDns`) keep running meanwhile.
+    pub async fn start_async(opts: EgressdOptions) -> Egressd {
+        let mut e = Egressd::spawn(opts);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let result = loop {
+            match e.ready_once() {
+                Ok(true) => break Ok(()),
+                Ok(false) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+                Ok(false) => break Err(format!("no 200 from /ready within {READY_TIMEOUT:?}")),
+                Err(why) => break Err(why),
+            }
+        };
+        if let Err(why) = result {
+            e.stop();
+            panic!("egressd did not get ready: {why}\n--- stderr ---\n{}", e.stderr());
+        }
+        e
+    }
+
+    /// Spawns egressd without waiting for it (for tests of startup failures).
+    pub fn spawn(opts: EgressdOptions) -> Egressd {
+        let dir = tempfile::Builder::new()
+            .prefix("egressd-test-")
+            .tempdir()
+            .expect("temp dir");
+        let local = Ipv4Addr::LOCALHOST;
+        let (admin, health, prometheus) = (free_addr(local), free_addr(local), free_addr(local));
+        let ports: Vec<(u16, u16)> = opts
+            .port_mapping
+            .iter()
+            .map(|&(server, bound)| {
+                let bound = if bound == 0 { free_addr(local).port() } else { bound };
+                (server, bound)
+            })
+            .collect();
+        let access_log = dir.path().join("access.log");
+        let stderr_path = dir.path().join("stderr.log");
+        let stdout_path = dir.path().join("stdout.log");
+        let binary = opts
+            .binary
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_egressd")));
+
+        let mut cmd = Command::new(&binary);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&opts.config_dir)
+            .args(["--admin", &admin.to_string()])
+            .args(["--health", &health.to_string()])
+            .args(["--prometheus", &prometheus.to_string()])
+            .args(["--bind-address", "127.0.0.1"]);
+        if !ports.is_empty() {
+            let mapping: Vec<String> = ports.iter().map(|(s, b)| format!("{s}={b}")).collect();
+            cmd.args(["--port-mapping", &mapping.join(",")]);
+        }
+        cmd.arg("--access-log").arg(&access_log);
+        cmd.args([
+            "--access-log-format",
+            match opts.access_log {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            },
+        ]);
+        if let Some(dns) = opts.dns {
+            cmd.args(["--dns", &dns.to_string()]);
+        }
+        if let Some(certs) = &opts.certs {
+            cmd.arg("--certs").arg(certs);
+        }
+        cmd.args(&opts.extra_args);
+        // Only what the test says: no EGRESSD_* leaking in from the environment.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("EGRESSD_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("EGRESSD_LOG", "info");
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
+        cmd.stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout_path).expect("stdout file"))
+            .stderr(fs::File::create(&stderr_path).expect("stderr file"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+        Egressd {
+            pid: child.id(),
+            child: Some(child),
+            dir,
+            admin,
+            health,
+            prometheus,
+            ports,
+            access_log,
+            stderr_path,
+            stdout_path,
+        }
+    }
+
+    /// One readiness probe: `Ok(true)` on 200 from `/ready`, `Err` if the process has exited.
+    fn ready_once(&mut self) -> Result<bool, String> {
+        if let Some(status) = self.try_wait() {
+            return Err(format!("egressd exited with {status}"));
+        }
+        Ok(matches!(http_get(self.admin, "/ready"), Ok(r) if r.status == 200))
+    }
+
+    /// Polls `/ready` every 20 ms until it answers 200, the process exits, or `timeout` passes.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.ready_once()? {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no 200 from /ready within {timeout:?}"));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The exit status if the process has ended.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().expect("try_wait")
+    }
+
+    /// Waits (bounded) for the process to exit by itself, e.g. after `/quitquitquit`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// SIGTERM to the child only, then SIGKILL if it has not exited within 2 s; reaps it.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        // The child is not reaped yet, so its pid cannot have been reused by another process.
+        signal_term(self.pid);
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(POLL);
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Sends SIGTERM without waiting (for drain tests); [`Egressd::wait_exit`] then observes it.
+    pub fn terminate(&mut self) {
+        if self.child.is_some() && self.try_wait().is_none() {
+            signal_term(self.pid);
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The port bound for gateway server port `server_port` (e.g. 80 → 41234).
+    pub fn bound_port(&self, server_port: u16) -> u16 {
+        self.ports
+            .iter()
+            .find(|(s, _)| *s == server_port)
+            .map(|(_, b)| *b)
+            .unwrap_or_else(|| panic!("server port {server_port} is not mapped: {:?}", self.ports))
+    }
+
+    /// `127.0.0.1:bound_port(server_port)`: where clients connect.
+    pub fn gateway_addr(&self, server_port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.bound_port(server_port)))
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health
+    }
+
+    pub fn prometheus_addr(&self) -> SocketAddr {
+        self.prometheus
+    }
+
+    /// The temporary directory holding the access log and the captured output.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn access_log_path(&self) -> &Path {
+        &self.access_log
+    }
+
+    /// `GET path` on the admin port; panics if the admin does not answer.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http_get(self.admin, path).unwrap_or_else(|e| panic!("admin GET {path}: {e}"))
+    }
+
+    /// `POST path` on the admin port (e.g. `/quitquitquit`, `/drain_listeners?graceful`).
+    pub fn post(&self, path: &str) -> HttpResponse {
+        http_request(self.admin, "POST", path, &[], b"").unwrap_or_else(|e| panic!("admin POST {path}: {e}"))
+    }
+
+    /// The admin's `/stats` text.
+    pub fn stats(&self) -> String {
+        let r = self.get("/stats");
+        assert_eq!(r.status, 200, "/stats: {}", r.text());
+        r.text()
+    }
+
+    /// The value of counter or gauge `name` from `/stats` (`name: value` lines).
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        parse_stat(&self.stats(), name)
+    }
+
+    /// Polls `/stats` until `name` is at least `at_least`; panics after `timeout`.
+    pub fn wait_for_stat(&self, name: &str, at_least: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.stats();
+            let value = parse_stat(&stats, name);
+            match value {
+                Some(v) if v >= at_least => return v,
+                _ if Instant::now() >= deadline => {
+                    panic!("{name} = {value:?} after {timeout:?}, wanted ≥ {at_least}\n{stats}")
+                }
+                _ => std::thread::sleep(POLL),
+            }
+        }
+    }
+
+    /// The access log's lines so far (empty if the file does not exist yet).
+    pub fn access_log_lines(&self) -> Vec<String> {
+        fs::read_to_string(&self.access_log)
+            .map(|s| s.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// Polls the access log until it has at least `n` lines; panics after `timeout`.
+    pub fn wait_for_log_lines(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.access_log_lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "access log: {} line(s) after {timeout:?}, wanted {n}: {lines:#?}\n--- stderr ---\n{}",
+                lines.len(),
+                self.stderr()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Everything the process wrote to stderr (its tracing output) so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Everything the process wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// Open file descriptors of the process (entries of `/proc/PID/fd`).
+    pub fn open_fds(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Egressd {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            let stderr = self.stderr();
+            let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!("--- egressd stderr (last 40 lines) ---\n{}", tail.join("\n"));
+        }
+    }
+}
+
+/// `name: value` from a `/stats` text.
+pub fn parse_stat(stats: &str, name: &str) -> Option<u64> {
+    stats.lines().find_map(|line| {
+        let (n, v) = line.split_once(": ")?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+fn signal_term(pid: u32) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is our own
+    // unreaped child's.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+}
