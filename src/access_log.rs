@@ -153,17 +153,16 @@ impl fmt::Display for Protocol {
 /// Envoy's short names, indexed by bit: the order of `ResponseFlagUtils::ALL_RESPONSE_STRINGS_FLAGS`
 /// and of the `ResponseFlag` enum (envoyproxy/envoy `source/common/stream_info/utility.h`).
 const SHORT_NAMES: [&str; 28] = [
-    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
-    "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO",
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC", "URX", "SI", "IH",
+    "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO",
 ];
 
 /// The set of Envoy response flags (`%RESPONSE_FLAGS%`) on one record.
 ///
-/// Printed as Envoy's short names joined by `,` in Envoy's enum order, or `-` when empty. Envoy
-/// ≤ 1.29 kept a bitmask and always printed in that order; Envoy ≥ 1.30 keeps the flags in the
-/// order they were set (`StreamInfoImpl::setResponseFlag` pushes onto a vector). The two agree on
-/// what a proxy actually combines: the failure is recorded before retries run out, so both print
-/// `UF,URX` (the familiar `503 UF,URX`), `UT,URX`, `UC,URX`. A set keeps equality order-free.
+/// Printed as Envoy's short names joined by `,`, or `-` when empty. Envoy ≤ 1.29 kept a bitmask
+/// and printed in enum order; Envoy ≥ 1.30 keeps the flags in the order they were set
+/// (`StreamInfoImpl::setResponseFlag` pushes onto a vector), which for retries running out gives
+/// `URX,UF` (see `short_names`). A set keeps equality order-free.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u32);
 
@@ -255,12 +254,22 @@ impl ResponseFlags {
     }
 
     /// The short names of the set flags, in Envoy's printing order.
+    ///
+    /// Envoy ≥ 1.30 prints flags in the order they were set. When retries run out, the router
+    /// sets URX before the final connection failure or reset flag, so Envoy 1.40 logs a refused
+    /// connection after Istio's default retries as `503 URX,UF` (verified, reference §5; older
+    /// Envoys and envoyproxy/envoy#30706 show the enum order `UF,URX`). URX therefore leads;
+    /// every other flag keeps the enum order.
     pub fn short_names(self) -> impl Iterator<Item = &'static str> {
-        SHORT_NAMES
-            .iter()
-            .enumerate()
-            .filter(move |(bit, _)| self.0 & (1 << bit) != 0)
-            .map(|(_, name)| *name)
+        let urx = self.contains(ResponseFlags::URX).then_some("URX");
+        let rest = ResponseFlags(self.0 & !ResponseFlags::URX.0);
+        urx.into_iter().chain(
+            SHORT_NAMES
+                .iter()
+                .enumerate()
+                .filter(move |(bit, _)| rest.0 & (1 << bit) != 0)
+                .map(|(_, name)| *name),
+        )
     }
 
     /// The flag with this short name (`"UF"`), for parsing filters and tests.
@@ -271,7 +280,7 @@ impl ResponseFlags {
             .map(|bit| ResponseFlags(1 << bit))
     }
 
-    /// Appends `UF,URX` (or `-`) without allocating.
+    /// Appends `URX,UF` (or `-`) without allocating.
     pub fn write_to(self, out: &mut Vec<u8>) {
         if self.is_empty() {
             out.push(b'-');
@@ -326,12 +335,9 @@ mod tests {
 
     #[test]
     fn flags_print_in_envoy_order() {
-        // Envoy's order is the enum/ALL_RESPONSE_STRINGS_FLAGS order, in which UF (bit 5) comes
-        // before URX (bit 15): Envoy logs `503 UF,URX` (envoyproxy/envoy#30706), never `URX,UF`.
-        assert_eq!(
-            (ResponseFlags::URX | ResponseFlags::UF).to_string(),
-            "UF,URX"
-        );
+        // Envoy 1.40 sets URX before the final failure flag and prints in insertion order:
+        // `503 URX,UF` (verified against Envoy 1.40, reference §5). Other flags: enum order.
+        assert_eq!((ResponseFlags::URX | ResponseFlags::UF).to_string(), "URX,UF");
         assert_eq!((ResponseFlags::DC | ResponseFlags::UH).to_string(), "UH,DC");
         assert_eq!((ResponseFlags::NC | ResponseFlags::NR).to_string(), "NR,NC");
         let all = [
@@ -351,10 +357,7 @@ mod tests {
         ]
         .into_iter()
         .fold(ResponseFlags::NONE, |acc, f| acc | f);
-        assert_eq!(
-            all.to_string(),
-            "UH,UT,LR,UF,UC,UO,NR,DC,URX,DPE,UMSDR,UPE,NC"
-        );
+        assert_eq!(all.to_string(), "URX,UH,UT,LR,UF,UC,UO,NR,DC,DPE,UMSDR,UPE,NC");
         let mut out = Vec::new();
         all.write_to(&mut out);
         assert_eq!(out, all.to_string().as_bytes());
@@ -383,10 +386,7 @@ mod tests {
 
     #[test]
     fn protocol_names() {
-        assert_eq!(
-            Protocol::from_version(http::Version::HTTP_11),
-            Some(Protocol::Http11)
-        );
+        assert_eq!(Protocol::from_version(http::Version::HTTP_11), Some(Protocol::Http11));
         assert_eq!(Protocol::Http2.to_string(), "HTTP/2");
         assert_eq!(Protocol::from_version(http::Version::HTTP_09), None);
     }

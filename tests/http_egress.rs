@@ -149,7 +149,7 @@ async fn every_outcome_has_envoys_status_flags_and_details() {
             "down.example.com",
             "/",
             503,
-            "UF,URX upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
+            "URX,UF upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}",
             121,
         ),
         (

@@ -8,9 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::AccessLogRecord;
 
 /// Which line format the access log writes.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     /// Istio's default 24-field TEXT format (`EnvoyTextLogFormat`), byte for byte.
@@ -251,7 +249,7 @@ fn text_addr(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
 }
 
 /// Envoy's `StringUtil::replaceAllEmptySpace`: every ASCII whitespace byte becomes `_`.
-/// `escape` is applied to runs of other bytes (identity for TEXT, JSON escaping for JSON).
+/// `escape` writes the runs between them (`text_raw` for TEXT, `json_escaped` for JSON).
 fn push_details(out: &mut Vec<u8>, details: &str, escape: fn(&mut Vec<u8>, &str)) {
     push_replacing(
         out,
@@ -280,12 +278,7 @@ fn push_server_name(out: &mut Vec<u8>, sni: &str, escape: fn(&mut Vec<u8>, &str)
     out.extend(sni.bytes().map(|b| if valid(b) { b } else { b'_' }));
 }
 
-fn push_replacing(
-    out: &mut Vec<u8>,
-    value: &str,
-    replace: impl Fn(char) -> bool,
-    escape: fn(&mut Vec<u8>, &str),
-) {
+fn push_replacing(out: &mut Vec<u8>, value: &str, replace: impl Fn(char) -> bool, escape: fn(&mut Vec<u8>, &str)) {
     let mut rest = value;
     while let Some(at) = rest.find(&replace) {
         escape(out, &rest[..at]);
@@ -357,9 +350,24 @@ fn json_escaped(out: &mut Vec<u8>, value: &str) {
 
 /// `ip:port`, IPv6 in brackets, as Envoy's `Address::asString()`.
 fn push_addr(out: &mut Vec<u8>, addr: SocketAddr) {
-    use std::io::Write as _;
-    // Writing into a Vec cannot fail; `write!` here formats without allocating.
-    let _ = write!(out, "{addr}");
+    match addr {
+        // By hand: four addresses per line made `fmt` the largest cost of a TEXT line.
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+            out.push(b':');
+            push_u64(out, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            use std::io::Write as _;
+            // Writing into a Vec cannot fail; `write!` formats without allocating.
+            let _ = write!(out, "{addr}");
+        }
+    }
 }
 
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {

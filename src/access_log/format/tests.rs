@@ -119,10 +119,7 @@ fn text_replaces_whitespace_in_details_and_failure_reason() {
 fn text_with_peer_appends_the_caller_identity() {
     let mut record = http_301();
     let istio = render(Format::Text, &record);
-    assert_eq!(
-        render(Format::TextWithPeer, &record),
-        istio.replace('\n', " -\n")
-    );
+    assert_eq!(render(Format::TextWithPeer, &record), istio.replace('\n', " -\n"));
     record.downstream_peer_uri_san = Some("spiffe://cluster.local/ns/default/sa/sleep".into());
     assert_eq!(
         render(Format::TextWithPeer, &record),
@@ -195,10 +192,7 @@ fn keys_in_order(line: &str) -> Vec<String> {
                 fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                     f.write_str("a JSON object")
                 }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut map: A,
-                ) -> Result<Keys, A::Error> {
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
                     let mut keys = Vec::new();
                     while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
                         keys.push(key);
@@ -209,9 +203,7 @@ fn keys_in_order(line: &str) -> Vec<String> {
             d.deserialize_map(Visitor)
         }
     }
-    serde_json::from_str::<Keys>(line)
-        .expect("valid JSON object")
-        .0
+    serde_json::from_str::<Keys>(line).expect("valid JSON object").0
 }
 
 #[test]
@@ -269,9 +261,7 @@ fn json_adds_peer_identity_last_and_only_when_present() {
     let keys = keys_in_order(&line);
     assert_eq!(keys[..24], ISTIO_KEYS);
     assert_eq!(keys[24..], ["downstream_peer_uri_san"]);
-    assert!(line.ends_with(
-        "\"downstream_peer_uri_san\":\"spiffe://cluster.local/ns/default/sa/sleep\"}\n"
-    ));
+    assert!(line.ends_with("\"downstream_peer_uri_san\":\"spiffe://cluster.local/ns/default/sa/sleep\"}\n"));
     let without = render(Format::Json, &tcp_passthrough());
     assert_eq!(keys_in_order(&without), ISTIO_KEYS);
 }
@@ -285,10 +275,7 @@ fn json_escapes_strings() {
         ..http_301()
     };
     let line = render(Format::Json, &record);
-    assert!(
-        line.contains(r#""user_agent":"a\"b\\c\nd\te\u0001f"#),
-        "{line}"
-    );
+    assert!(line.contains(r#""user_agent":"a\"b\\c\nd\te\u0001f"#), "{line}");
     assert_eq!(line.matches('\n').count(), 1);
     let value: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
     assert_eq!(value["user_agent"], nasty);
@@ -297,29 +284,17 @@ fn json_escapes_strings() {
 
 #[test]
 fn start_time_matches_the_time_crate() {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     // Every 997_331 seconds (about 11.5 days) from 1970 to 2400, plus leap-year edges.
     let mut samples: Vec<u64> = (0..13_600).map(|i| i * 997_331_123).collect();
-    samples.extend([
-        951_782_400_000,
-        951_868_799_999,
-        4_107_542_400_000,
-        1_709_164_800_123,
-    ]);
+    samples.extend([951_782_400_000, 951_868_799_999, 4_107_542_400_000, 1_709_164_800_123]);
     for millis in samples {
         let t = UNIX_EPOCH + Duration::from_millis(millis);
         let mut ours = Vec::new();
         write_start_time(t, &mut ours);
-        let theirs = time::OffsetDateTime::from(t)
-            .format(format)
-            .expect("formattable");
-        assert_eq!(
-            String::from_utf8(ours).expect("ASCII"),
-            theirs,
-            "at {millis} ms"
-        );
+        let theirs = time::OffsetDateTime::from(t).format(format).expect("formattable");
+        assert_eq!(String::from_utf8(ours).expect("ASCII"), theirs, "at {millis} ms");
     }
     let mut before_epoch = Vec::new();
     write_start_time(UNIX_EPOCH - Duration::from_secs(5), &mut before_epoch);
@@ -341,4 +316,14 @@ fn format_names_parse() {
     assert_eq!("JSON".parse::<Format>(), Ok(Format::Json));
     assert_eq!("text-with-peer".parse::<Format>(), Ok(Format::TextWithPeer));
     assert!("yaml".parse::<Format>().is_err());
+}
+
+#[test]
+fn addresses_print_like_envoy_as_string() {
+    for text in ["0.0.0.0:0", "10.0.0.1:8080", "255.255.255.255:65535", "[::1]:15001"] {
+        let addr: SocketAddr = text.parse().expect("test address");
+        let mut out = Vec::new();
+        push_addr(&mut out, addr);
+        assert_eq!(out, text.as_bytes());
+    }
 }
