@@ -12,9 +12,7 @@ fn hot_path(c: &mut Criterion) {
     cluster.rq_completed(200);
     sni.server_name("edition.cnn.com");
 
-    c.bench_function("counter_inc", |b| {
-        b.iter(|| cluster.upstream_rq_total.inc())
-    });
+    c.bench_function("counter_inc", |b| b.iter(|| cluster.upstream_rq_total.inc()));
     c.bench_function("cluster_rq_completed_existing_code", |b| {
         b.iter(|| cluster.rq_completed(std::hint::black_box(200)))
     });

@@ -87,6 +87,13 @@ fn handle(state: &AppState, surface: Surface, req: Request<Incoming>) -> Respons
         (Surface::Admin, "/server_info") => server_info(state),
         (Surface::Admin, "/listeners") => listeners(state),
         (Surface::Admin, "/clusters") => clusters(state),
+        (Surface::Admin, "/drain_listeners") if req.method() == Method::POST => {
+            // pilot-agent's SIGTERM step: stop accepting and drain; the process keeps running
+            // until it is told to quit or killed.
+            state.drain.start();
+            state.server_stats.set_state(crate::stats::ServerState::Draining);
+            reply(StatusCode::OK, "text/plain", "OK\n".into())
+        }
         (Surface::Admin, "/quitquitquit") if req.method() == Method::POST => {
             state.request_shutdown();
             reply(StatusCode::OK, "text/plain", "OK\n".into())
@@ -101,10 +108,10 @@ fn handle(state: &AppState, surface: Surface, req: Request<Incoming>) -> Respons
     }
 }
 
-const INDEX: &str = "egressd admin\n  /ready\n  /stats[?filter=REGEX&usedonly&format=json|prometheus]\n  /stats/prometheus\n  /listeners\n  /clusters\n  /config_dump\n  /server_info\n  /quitquitquit (POST)\n";
+const INDEX: &str = "egressd admin\n  /ready\n  /stats[?filter=REGEX&usedonly&format=json|prometheus]\n  /stats/prometheus\n  /listeners\n  /clusters\n  /config_dump\n  /server_info\n  /drain_listeners?graceful (POST)\n  /quitquitquit (POST)\n";
 
 fn ready(state: &AppState) -> Response<Full<Bytes>> {
-    if *state.shutdown.borrow() {
+    if *state.shutdown.borrow() || state.drain.is_draining() {
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
@@ -121,10 +128,14 @@ fn config_dump(state: &AppState) -> Response<Full<Bytes>> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    let snapshot_value = match serde_json::to_value(&**snapshot) {
+        Ok(v) => v,
+        Err(e) => return reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("cannot render the snapshot: {e}\n")),
+    };
     let dump = serde_json::json!({
-        "bootstrap": &state.bootstrap,
+        "bootstrap": serde_json::to_value(&state.bootstrap).unwrap_or_default(),
         "config_paths": &state.config_paths,
-        "snapshot": &**snapshot,
+        "snapshot": snapshot_value,
         "last_reload_error": last_error,
     });
     match serde_json::to_string_pretty(&dump) {
@@ -140,7 +151,7 @@ fn config_dump(state: &AppState) -> Response<Full<Bytes>> {
 fn server_info(state: &AppState) -> Response<Full<Bytes>> {
     let info = serde_json::json!({
         "version": format!("egressd/{}", env!("CARGO_PKG_VERSION")),
-        "state": if *state.shutdown.borrow() { "DRAINING" } else { "LIVE" },
+        "state": if state.drain.is_draining() { "DRAINING" } else { "LIVE" },
         "uptime_current_epoch": format!("{}s", state.started.elapsed().as_secs()),
         "uptime_all_epochs": format!("{}s", state.started.elapsed().as_secs()),
         "command_line_options": {

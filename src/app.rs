@@ -30,6 +30,7 @@ pub struct AppState {
     pub shutdown: watch::Sender<bool>,
     /// The data plane's shared state, once the listeners are up (for `/clusters`).
     pub shared: Mutex<Option<Arc<crate::proxy::Shared>>>,
+    pub drain: crate::drain::Drain,
 }
 
 impl AppState {
@@ -50,6 +51,7 @@ pub fn load_and_compile(
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing();
     let bootstrap = args.bootstrap()?;
+    let loaded_hash = crate::reload::content_hash(&args.config.config);
     let snapshot = match load_and_compile(&args.config.config, &bootstrap) {
         Ok(s) => s,
         Err(e) => {
@@ -76,7 +78,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(serve(bootstrap, args.config.config, snapshot, concurrency))
+    runtime.block_on(serve(bootstrap, args.config.config, snapshot, concurrency, loaded_hash))
 }
 
 async fn serve(
@@ -84,6 +86,7 @@ async fn serve(
     config_paths: Vec<std::path::PathBuf>,
     snapshot: Snapshot,
     concurrency: usize,
+    loaded_hash: u64,
 ) -> anyhow::Result<()> {
     let store = stats::Store::new();
     let server_stats = stats::ServerStats::new(&store, concurrency, env!("CARGO_PKG_VERSION"));
@@ -105,11 +108,13 @@ async fn serve(
     let resolver = crate::upstream::dns::Resolver::new(&dns_config(&bootstrap)?)
         .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
     let logger = Arc::new(access_logger(&bootstrap)?);
+    let drain = crate::drain::Drain::default();
     let shared = Arc::new(crate::proxy::Shared::new(
         crate::upstream::cluster::ClusterManager::new(store.clone(), resolver, bootstrap.certs.clone()),
         logger.clone(),
         store.clone(),
         bootstrap.limits.max_sni_stats,
+        drain.clone(),
     ));
     let state = Arc::new(AppState {
         bootstrap,
@@ -122,39 +127,57 @@ async fn serve(
         concurrency,
         last_reload_error: Mutex::new(None),
         shutdown,
-        shared: Mutex::new(None),
+        shared: Mutex::new(Some(shared.clone())),
+        drain: drain.clone(),
     });
-    let listeners = crate::listener::bind_all(&state.snapshot, &shared, &Arc::new(state.bootstrap.clone())).await?;
-    for l in &listeners {
-        tracing::info!(listener = %l.name, address = %l.local, "listening");
+    let listeners = Arc::new(crate::listener::Listeners::new(
+        shared.clone(),
+        state.snapshot.clone(),
+        Arc::new(state.bootstrap.clone()),
+    ));
+    listeners.reconcile()?;
+    tokio::spawn(crate::reload::run(state.clone(), listeners.clone(), loaded_hash));
+    for (listener, surface) in [
+        (admin, crate::admin::Surface::Admin),
+        (health, crate::admin::Surface::Health),
+        (prometheus, crate::admin::Surface::Prometheus),
+    ] {
+        tokio::spawn(crate::admin::serve(listener, state.clone(), surface));
     }
-    *state.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(shared.clone());
-    tokio::spawn(crate::admin::serve(
-        admin,
-        state.clone(),
-        crate::admin::Surface::Admin,
-    ));
-    tokio::spawn(crate::admin::serve(
-        health,
-        state.clone(),
-        crate::admin::Surface::Health,
-    ));
-    tokio::spawn(crate::admin::serve(
-        prometheus,
-        state.clone(),
-        crate::admin::Surface::Prometheus,
-    ));
     tracing::info!(admin = %state.bootstrap.admin, "egressd {} ready", env!("CARGO_PKG_VERSION"));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-        _ = shutdown_rx.wait_for(|stop| *stop) => tracing::info!("/quitquitquit: stopping"),
+    let graceful = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: draining"); true }
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: draining"); true }
+        _ = shutdown_rx.wait_for(|stop| *stop) => { tracing::info!("/quitquitquit: stopping"); false }
+    };
+    if graceful {
+        drain_then_exit(&state).await;
     }
     logger.flush();
     Ok(())
+}
+
+/// Stops accepting and lets open requests and tunnels finish: until the drain duration ends,
+/// or, with `EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true`, as soon as no downstream connection is open.
+async fn drain_then_exit(state: &AppState) {
+    state.drain.start();
+    state.server_stats.set_state(crate::stats::family::ServerState::Draining);
+    let exit_on_zero = std::env::var("EXIT_ON_ZERO_ACTIVE_CONNECTIONS").is_ok_and(|v| v == "true");
+    let deadline = tokio::time::Instant::now() + state.bootstrap.drain_duration;
+    loop {
+        if exit_on_zero && state.drain.active() == 0 {
+            tracing::info!("no active connections: exiting");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::info!(active = state.drain.active(), "drain duration over: exiting");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// The bootstrap's `dns:` block as the resolver takes it (`ip[:port]`, port 53 by default).

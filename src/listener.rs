@@ -1,17 +1,20 @@
 //! Listeners: bind the snapshot's ports and accept. The accept loop only accepts; sniffing,
 //! handshakes and routing run in the spawned per-connection task, each under a timeout.
+//! On a config reload the bound set is diffed: an unchanged address keeps its socket and every
+//! open connection, a new one is bound, a removed one stops accepting and drains.
 
 pub mod http;
 pub mod mtls;
 pub mod tls;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::config::Bootstrap;
 use crate::proxy::Shared;
@@ -28,29 +31,76 @@ pub struct ListenerContext {
     pub bootstrap: Arc<Bootstrap>,
 }
 
-/// Binds every listener of the snapshot and starts its accept loop.
-pub async fn bind_all(
-    snapshot: &Arc<ArcSwap<Snapshot>>,
-    shared: &Arc<Shared>,
-    bootstrap: &Arc<Bootstrap>,
-) -> anyhow::Result<Vec<Arc<ListenerContext>>> {
-    let current = snapshot.load_full();
-    let mut out = Vec::new();
-    for l in &current.listeners {
-        let listener = bind(l.address).with_context(|| format!("cannot bind listener {} on {}", l.name, l.address))?;
-        let local = listener.local_addr()?;
-        let ctx = Arc::new(ListenerContext {
-            name: l.name.clone(),
-            local,
-            stats: Arc::new(ListenerStats::new(&shared.store, &l.name)),
-            shared: shared.clone(),
-            snapshot: snapshot.clone(),
-            bootstrap: bootstrap.clone(),
-        });
-        tokio::spawn(accept_loop(listener, ctx.clone()));
-        out.push(ctx);
+struct Running {
+    ctx: Arc<ListenerContext>,
+    /// Set to stop accepting (the listener was removed from the config).
+    stop: watch::Sender<bool>,
+}
+
+/// The bound listeners, by configured address.
+pub struct Listeners {
+    shared: Arc<Shared>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    bootstrap: Arc<Bootstrap>,
+    running: Mutex<HashMap<SocketAddr, Running>>,
+}
+
+impl Listeners {
+    pub fn new(shared: Arc<Shared>, snapshot: Arc<ArcSwap<Snapshot>>, bootstrap: Arc<Bootstrap>) -> Listeners {
+        Listeners { shared, snapshot, bootstrap, running: Mutex::new(HashMap::new()) }
     }
-    Ok(out)
+
+    /// Makes the bound set match the current snapshot. Fails only when a new address cannot be
+    /// bound; addresses already bound are never touched.
+    pub fn reconcile(&self) -> anyhow::Result<()> {
+        let current = self.snapshot.load_full();
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let wanted: HashMap<SocketAddr, &str> = current.listeners.iter().map(|l| (l.address, l.name.as_str())).collect();
+        running.retain(|addr, r| {
+            let keep = wanted.contains_key(addr);
+            if !keep {
+                tracing::info!(listener = %r.ctx.name, "listener removed: stops accepting, open connections drain");
+                r.stop.send_replace(true);
+            }
+            keep
+        });
+        let mut first_error = None;
+        for (addr, name) in wanted {
+            if running.contains_key(&addr) {
+                continue;
+            }
+            match bind(addr) {
+                Ok(listener) => {
+                    let local = listener.local_addr().unwrap_or(addr);
+                    let ctx = Arc::new(ListenerContext {
+                        name: name.to_string(),
+                        local,
+                        stats: Arc::new(ListenerStats::new(&self.shared.store, name)),
+                        shared: self.shared.clone(),
+                        snapshot: self.snapshot.clone(),
+                        bootstrap: self.bootstrap.clone(),
+                    });
+                    let (stop, stopped) = watch::channel(false);
+                    tokio::spawn(accept_loop(listener, ctx.clone(), stopped));
+                    tracing::info!(listener = %name, address = %local, "listening");
+                    running.insert(addr, Running { ctx, stop });
+                }
+                Err(e) => {
+                    tracing::error!(listener = %name, %addr, error = %e, "cannot bind listener");
+                    first_error.get_or_insert_with(|| anyhow::anyhow!(e).context(format!("cannot bind listener {name} on {addr}")));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The bound listeners (name, local address).
+    pub fn bound(&self) -> Vec<(String, SocketAddr)> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<_> = running.values().map(|r| (r.ctx.name.clone(), r.ctx.local)).collect();
+        list.sort();
+        list
+    }
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -64,12 +114,27 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>) {
+async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>, mut stopped: watch::Receiver<bool>) {
+    let drain = ctx.shared.drain.clone();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = drain.started() => break,
+            _ = stopped.wait_for(|s| *s) => break,
+        };
+        match accepted {
             Ok((stream, remote)) => {
+                if drain.active() >= ctx.bootstrap.limits.max_downstream_connections {
+                    ctx.stats.downstream_cx_overflow.inc();
+                    drop(stream);
+                    continue;
+                }
+                let guard = drain.track();
                 let ctx = ctx.clone();
-                tokio::spawn(async move { connection(ctx, stream, remote).await });
+                tokio::spawn(async move {
+                    connection(ctx, stream, remote).await;
+                    drop(guard);
+                });
             }
             Err(e) => {
                 // Out of file descriptors (or similar): back off instead of spinning; open
@@ -83,6 +148,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>) {
 
 async fn connection(ctx: Arc<ListenerContext>, stream: TcpStream, remote: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    // A connection keeps the snapshot it started with for its whole life.
     let snapshot = ctx.snapshot.load_full();
     let Some(index) = snapshot.listeners.iter().position(|l| l.name == ctx.name) else {
         return;

@@ -18,6 +18,8 @@ pub struct Shared {
     pub clusters: ClusterManager,
     pub logger: Arc<AccessLogger>,
     pub store: Store,
+    /// Drain trigger and open downstream connections.
+    pub drain: crate::drain::Drain,
     /// Beyond Envoy: per-SNI counters for passthrough traffic, capped.
     pub sni: SniStats,
     hcm_stats: Mutex<HashMap<String, Arc<HttpConnManagerStats>>>,
@@ -25,11 +27,18 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(clusters: ClusterManager, logger: Arc<AccessLogger>, store: Store, max_sni_stats: usize) -> Shared {
+    pub fn new(
+        clusters: ClusterManager,
+        logger: Arc<AccessLogger>,
+        store: Store,
+        max_sni_stats: usize,
+        drain: crate::drain::Drain,
+    ) -> Shared {
         Shared {
             clusters,
             logger,
             sni: SniStats::new(&store, max_sni_stats),
+            drain,
             store,
             hcm_stats: Mutex::new(HashMap::new()),
             tcp_stats: Mutex::new(HashMap::new()),

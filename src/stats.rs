@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-pub use family::{
-    ClusterStats, HttpConnManagerStats, ListenerStats, ServerState, ServerStats, TcpProxyStats,
-};
+pub use family::{ClusterStats, HttpConnManagerStats, ListenerStats, ServerState, ServerStats, TcpProxyStats};
 pub use names::Scope;
 pub use render::RenderOptions;
 pub use sni::{SniCounters, SniStats};
@@ -94,10 +92,7 @@ impl StatDesc {
 fn prom_name(prefix: &str, name: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + name.len());
     out.push_str(prefix);
-    out.extend(
-        name.chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
-    );
+    out.extend(name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }));
     out
 }
 
@@ -258,9 +253,7 @@ impl Store {
             return checked_kind(stat, kind);
         }
         let mut stats = self.stats.write().unwrap_or_else(PoisonError::into_inner);
-        let stat = stats
-            .entry(name.into())
-            .or_insert_with(|| Stat::new(desc(), kind));
+        let stat = stats.entry(name.into()).or_insert_with(|| Stat::new(desc(), kind));
         checked_kind(stat, kind)
     }
 
@@ -273,11 +266,7 @@ impl Store {
 /// Every name comes from `names`, so a kind clash is a bug in this module's callers; in release
 /// the handle shares the existing value rather than failing a connection.
 fn checked_kind(stat: &Arc<Stat>, kind: Kind) -> Arc<Stat> {
-    debug_assert_eq!(
-        stat.kind, kind,
-        "stat {} registered as {:?}",
-        stat.desc.name, stat.kind
-    );
+    debug_assert_eq!(stat.kind, kind, "stat {} registered as {:?}", stat.desc.name, stat.kind);
     Arc::clone(stat)
 }
 
@@ -373,10 +362,7 @@ mod tests {
             names::labels::RESPONSE_CODE,
             "301",
         );
-        assert_eq!(
-            desc.name(),
-            "cluster.outbound|80||edition.cnn.com.upstream_rq_301"
-        );
+        assert_eq!(desc.name(), "cluster.outbound|80||edition.cnn.com.upstream_rq_301");
         assert_eq!(desc.prom_family(), "envoy_cluster_upstream_rq");
         let labels: Vec<_> = desc.labels().collect();
         assert_eq!(
@@ -394,12 +380,7 @@ mod tests {
         store.counter("b.x");
         store.gauge("a.y");
         store.counter("a.x");
-        let names: Vec<_> = store
-            .snapshot()
-            .samples()
-            .iter()
-            .map(|s| s.name().to_owned())
-            .collect();
+        let names: Vec<_> = store.snapshot().samples().iter().map(|s| s.name().to_owned()).collect();
         assert_eq!(names, ["a.x", "a.y", "b.x"]);
     }
 

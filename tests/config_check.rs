@@ -14,6 +14,16 @@ fn compile(dir: &str) -> Snapshot {
     routing::compile(&loaded, &bootstrap).unwrap_or_else(|e| panic!("{dir}: {e}"))
 }
 
+/// Every seed snapshot renders as JSON (what `/config_dump` serves).
+#[test]
+fn every_seed_snapshot_serializes_for_config_dump() {
+    for dir in ["http-mtls-disabled", "http-mtls-enabled", "https-passthrough", "https-mtls-enabled", "network-policy"] {
+        let s = compile(&format!("tests/fixtures/seed/{dir}"));
+        let json = serde_json::to_value(&s).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        assert!(json["listeners"].is_array(), "{dir}");
+    }
+}
+
 fn cluster_names(s: &Snapshot) -> Vec<&str> {
     s.clusters.keys().map(String::as_str).collect()
 }

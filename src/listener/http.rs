@@ -78,7 +78,18 @@ pub async fn serve<S>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size((limits.max_request_headers_kb * 1024) as u32);
-    let served = builder.serve_connection(TokioIo::new(stream), service).await;
+    let drain = ctx.shared.drain.clone();
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        _ = drain.started() => {
+            // HTTP/1.1: the in-flight response gets `Connection: close`; HTTP/2: GOAWAY. Requests
+            // already accepted finish; the process exits at the drain deadline at the latest.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(e) = served {
         tracing::debug!(listener = %ctx.name, error = %e, "downstream connection ended with an error");
     }

@@ -36,7 +36,8 @@ pub async fn serve(ctx: Arc<ListenerContext>, snapshot: Arc<Snapshot>, index: us
         }
     };
     let server_name = info.server_name.clone();
-    let Some(chain) = listener.sni_index.find(server_name.as_deref().unwrap_or("")).and_then(|i| chains.get(i)) else {
+    let found = listener.sni_index.find(server_name.as_deref().unwrap_or(""));
+    let Some((chain_index, chain)) = found.and_then(|i| Some((i, chains.get(i)?))) else {
         return refuse(&ctx, started, remote, server_name, "no_matching_server_name");
     };
     let session = TcpSession { downstream: stream, replay, remote, server_name, peer_identity: None, started };
@@ -54,7 +55,7 @@ pub async fn serve(ctx: Arc<ListenerContext>, snapshot: Arc<Snapshot>, index: us
             _ => refuse(&ctx, started, remote, session.server_name, "no_cluster_for_server_name"),
         },
         ChainKind::TerminateHttp { .. } | ChainKind::TerminateTcp { .. } => {
-            super::mtls::serve(ctx.clone(), snapshot.clone(), index, chain, session).await
+            super::mtls::serve(ctx.clone(), snapshot.clone(), index, chain_index, session).await
         }
     }
 }

@@ -44,7 +44,7 @@ pub struct Listener {
 }
 
 #[derive(Debug, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", content = "config", rename_all = "snake_case")]
 pub enum ListenerKind {
     /// Plain HTTP/1.1 and h2c (HTTP, HTTP2 and GRPC servers).
     Http(HttpConnectionManager),

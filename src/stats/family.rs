@@ -102,11 +102,10 @@ impl ResponseCodeStats {
         };
         self.classes[class]
             .get_or_init(|| {
-                let suffix = cluster::UPSTREAM_RQ_CLASS[class];
                 self.counter(self.tagged(
-                    suffix,
+                    cluster::UPSTREAM_RQ_CLASS[class],
                     labels::RESPONSE_CODE_CLASS,
-                    &suffix[suffix.len() - 3..],
+                    labels::CLASS_VALUES[class],
                 ))
             })
             .inc();
@@ -178,14 +177,14 @@ impl HttpConnManagerStats {
         let c = |suffix| store.counter_with(StatDesc::scoped(http::SCOPE, prefix, suffix));
         let g = |suffix| store.gauge_with(StatDesc::scoped(http::SCOPE, prefix, suffix));
         // Envoy creates the class counters with the connection manager, unlike a cluster's.
-        let class = |suffix: &str| {
+        let class = |i: usize| {
             store.counter_with(StatDesc::scoped_tagged(
                 http::SCOPE,
                 prefix,
-                suffix,
+                http::DOWNSTREAM_RQ_CLASS[i],
                 http::DOWNSTREAM_RQ_TAGGED,
                 labels::RESPONSE_CODE_CLASS,
-                &suffix[suffix.len() - 3..],
+                labels::CLASS_VALUES[i],
             ))
         };
         HttpConnManagerStats {
@@ -197,7 +196,7 @@ impl HttpConnManagerStats {
             downstream_rq_active: g(http::DOWNSTREAM_RQ_ACTIVE),
             downstream_rq_completed: c(http::DOWNSTREAM_RQ_COMPLETED),
             downstream_rq_timeout: c(http::DOWNSTREAM_RQ_TIMEOUT),
-            downstream_rq_class: http::DOWNSTREAM_RQ_CLASS.map(class),
+            downstream_rq_class: std::array::from_fn(class),
             no_route: c(http::NO_ROUTE),
             no_cluster: c(http::NO_CLUSTER),
             rq_direct_response: c(http::RQ_DIRECT_RESPONSE),
@@ -320,9 +319,7 @@ impl ServerStats {
             store: store.clone(),
             started: Instant::now(),
         };
-        stats
-            .concurrency
-            .set(u64::try_from(concurrency).unwrap_or(u64::MAX));
+        stats.concurrency.set(u64::try_from(concurrency).unwrap_or(u64::MAX));
         stats.version.set(version_number(version));
         stats.set_state(ServerState::Live);
         stats.refresh();
@@ -342,11 +339,7 @@ impl ServerStats {
     /// `server.total_connections` is the sum of every listener's `downstream_cx_active`, as Envoy's.
     pub fn refresh(&self) {
         self.uptime.set(self.started.elapsed().as_secs());
-        let family = format!(
-            "{}_{}",
-            listener::SCOPE.prom_prefix,
-            listener::DOWNSTREAM_CX_ACTIVE
-        );
+        let family = format!("{}_{}", listener::SCOPE.prom_prefix, listener::DOWNSTREAM_CX_ACTIVE);
         let total = self
             .store
             .snapshot()
@@ -362,9 +355,7 @@ impl ServerStats {
 /// `major.minor.patch[-suffix]` as `major * 1_000_000 + minor * 1_000 + patch`; Envoy's
 /// `server.version` is a number too (derived from its build SHA).
 fn version_number(version: &str) -> u64 {
-    let mut parts = version
-        .split(['.', '-', '+'])
-        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let mut parts = version.split(['.', '-', '+']).map(|p| p.parse::<u64>().unwrap_or(0));
     let mut next = || parts.next().unwrap_or(0).min(999);
     let (major, minor, patch) = (next(), next(), next());
     major * 1_000_000 + minor * 1_000 + patch
@@ -376,10 +367,7 @@ mod tests {
 
     fn value(store: &Store, name: &str) -> Option<u64> {
         let snap = store.snapshot();
-        snap.samples()
-            .iter()
-            .find(|s| s.name() == name)
-            .map(|s| s.value())
+        snap.samples().iter().find(|s| s.name() == name).map(|s| s.value())
     }
 
     const CNN: &str = "outbound|80||edition.cnn.com";
@@ -391,31 +379,13 @@ mod tests {
         stats.rq_completed(301);
         stats.rq_completed(301);
         stats.rq_completed(503);
-        assert_eq!(
-            value(&store, &format!("cluster.{CNN}.upstream_rq_301")),
-            Some(2)
-        );
-        assert_eq!(
-            value(&store, &format!("cluster.{CNN}.upstream_rq_3xx")),
-            Some(2)
-        );
-        assert_eq!(
-            value(&store, &format!("cluster.{CNN}.upstream_rq_503")),
-            Some(1)
-        );
-        assert_eq!(
-            value(&store, &format!("cluster.{CNN}.upstream_rq_5xx")),
-            Some(1)
-        );
-        assert_eq!(
-            value(&store, &format!("cluster.{CNN}.upstream_rq_completed")),
-            Some(3)
-        );
+        assert_eq!(value(&store, &format!("cluster.{CNN}.upstream_rq_301")), Some(2));
+        assert_eq!(value(&store, &format!("cluster.{CNN}.upstream_rq_3xx")), Some(2));
+        assert_eq!(value(&store, &format!("cluster.{CNN}.upstream_rq_503")), Some(1));
+        assert_eq!(value(&store, &format!("cluster.{CNN}.upstream_rq_5xx")), Some(1));
+        assert_eq!(value(&store, &format!("cluster.{CNN}.upstream_rq_completed")), Some(3));
         // Like Envoy, classes never seen do not exist.
-        assert_eq!(
-            value(&store, &format!("cluster.{CNN}.upstream_rq_2xx")),
-            None
-        );
+        assert_eq!(value(&store, &format!("cluster.{CNN}.upstream_rq_2xx")), None);
     }
 
     #[test]
@@ -424,14 +394,8 @@ mod tests {
         let stats = ClusterStats::new(&store, CNN);
         stats.rq_completed(600);
         stats.rq_completed(42);
-        assert_eq!(
-            value(&store, &format!("cluster.{CNN}.upstream_rq_unknown")),
-            Some(2)
-        );
-        assert_eq!(
-            value(&store, &format!("cluster.{CNN}.upstream_rq_600")),
-            None
-        );
+        assert_eq!(value(&store, &format!("cluster.{CNN}.upstream_rq_unknown")), Some(2));
+        assert_eq!(value(&store, &format!("cluster.{CNN}.upstream_rq_600")), None);
     }
 
     #[test]
@@ -439,26 +403,17 @@ mod tests {
         let store = Store::new();
         ClusterStats::new(&store, CNN).rq_completed(200);
         ClusterStats::new(&store, CNN).rq_completed(200);
-        assert_eq!(
-            value(&store, &format!("cluster.{CNN}.upstream_rq_200")),
-            Some(2)
-        );
+        assert_eq!(value(&store, &format!("cluster.{CNN}.upstream_rq_200")), Some(2));
     }
 
     #[test]
     fn http_conn_manager_classes_exist_up_front() {
         let store = Store::new();
         let stats = HttpConnManagerStats::new(&store, "outbound_0.0.0.0_8080");
-        assert_eq!(
-            value(&store, "http.outbound_0.0.0.0_8080.downstream_rq_2xx"),
-            Some(0)
-        );
+        assert_eq!(value(&store, "http.outbound_0.0.0.0_8080.downstream_rq_2xx"), Some(0));
         stats.rq_completed(404);
         stats.rq_completed(700);
-        assert_eq!(
-            value(&store, "http.outbound_0.0.0.0_8080.downstream_rq_4xx"),
-            Some(1)
-        );
+        assert_eq!(value(&store, "http.outbound_0.0.0.0_8080.downstream_rq_4xx"), Some(1));
         assert_eq!(
             value(&store, "http.outbound_0.0.0.0_8080.downstream_rq_completed"),
             Some(2)
@@ -468,21 +423,13 @@ mod tests {
     #[test]
     fn listener_and_tcp_names() {
         let store = Store::new();
-        ListenerStats::new(&store, "0.0.0.0_8443")
-            .ssl_handshake
-            .inc();
+        ListenerStats::new(&store, "0.0.0.0_8443").ssl_handshake.inc();
         TcpProxyStats::new(&store, "outbound|443||edition.cnn.com")
             .downstream_cx_total
             .inc();
+        assert_eq!(value(&store, "listener.0.0.0.0_8443.ssl.handshake"), Some(1));
         assert_eq!(
-            value(&store, "listener.0.0.0.0_8443.ssl.handshake"),
-            Some(1)
-        );
-        assert_eq!(
-            value(
-                &store,
-                "tcp.outbound|443||edition.cnn.com.downstream_cx_total"
-            ),
+            value(&store, "tcp.outbound|443||edition.cnn.com.downstream_cx_total"),
             Some(1)
         );
     }
@@ -505,12 +452,8 @@ mod tests {
     fn server_total_connections_sums_listeners() {
         let store = Store::new();
         let server = ServerStats::new(&store, 1, "1.2.3-dev");
-        ListenerStats::new(&store, "0.0.0.0_8080")
-            .downstream_cx_active
-            .add(3);
-        ListenerStats::new(&store, "0.0.0.0_8443")
-            .downstream_cx_active
-            .add(2);
+        ListenerStats::new(&store, "0.0.0.0_8080").downstream_cx_active.add(3);
+        ListenerStats::new(&store, "0.0.0.0_8443").downstream_cx_active.add(2);
         server.refresh();
         assert_eq!(server.total_connections.value(), 5);
         assert_eq!(server.version.value(), 1_002_003);
@@ -539,10 +482,7 @@ mod tests {
             .filter_map(|code| value(&store, &format!("cluster.{CNN}.upstream_rq_{code}")))
             .sum();
         assert_eq!(per_code, 20_000);
-        assert_eq!(
-            value(&store, &format!("cluster.{CNN}.upstream_rq_2xx")),
-            Some(20_000)
-        );
+        assert_eq!(value(&store, &format!("cluster.{CNN}.upstream_rq_2xx")), Some(20_000));
         assert_eq!(stats.upstream_cx_total.value(), 20_000);
     }
 }

@@ -31,6 +31,8 @@ pub mod labels {
     pub const RESPONSE_CODE: &str = "response_code";
     /// `upstream_rq_3xx` → `upstream_rq{response_code_class="3xx"}` (regex `_rq(_(\dxx))$`).
     pub const RESPONSE_CODE_CLASS: &str = "response_code_class";
+    /// `response_code_class` values, indexed by `status / 100 - 1`.
+    pub const CLASS_VALUES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 }
 
 /// `cluster.<cluster name>.*`, e.g. `cluster.outbound|443||edition.cnn.com.upstream_cx_total`.

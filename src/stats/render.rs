@@ -21,11 +21,7 @@ pub struct RenderOptions {
 
 impl RenderOptions {
     fn shows(&self, sample: &Sample) -> bool {
-        (!self.used_only || sample.used())
-            && self
-                .filter
-                .as_ref()
-                .is_none_or(|re| re.is_match(sample.name()))
+        (!self.used_only || sample.used()) && self.filter.as_ref().is_none_or(|re| re.is_match(sample.name()))
     }
 }
 
@@ -132,8 +128,7 @@ mod tests {
     use super::*;
     use crate::stats::names::{cluster, EGRESSD_PROM_PREFIX};
     use crate::stats::{
-        ClusterStats, HttpConnManagerStats, ListenerStats, ServerStats, SniStats, StatDesc, Store,
-        TcpProxyStats,
+        ClusterStats, HttpConnManagerStats, ListenerStats, ServerStats, SniStats, StatDesc, Store, TcpProxyStats,
     };
 
     const CNN_443: &str = "outbound|443||edition.cnn.com";
@@ -193,12 +188,8 @@ mod tests {
         HttpConnManagerStats::new(&store, "outbound_0.0.0.0_8080")
             .downstream_rq_total
             .add(2);
-        ListenerStats::new(&store, "0.0.0.0_8080")
-            .downstream_cx_total
-            .add(2);
-        TcpProxyStats::new(&store, CNN_443)
-            .downstream_cx_total
-            .inc();
+        ListenerStats::new(&store, "0.0.0.0_8080").downstream_cx_total.add(2);
+        TcpProxyStats::new(&store, CNN_443).downstream_cx_total.inc();
         let out = prometheus(&store.snapshot(), &all());
         let lines = lines(&out);
         for expected in [
@@ -243,10 +234,7 @@ mod tests {
         let store = Store::new();
         let server = ServerStats::new(&store, 2, "0.1.0");
         server.config_reload.inc();
-        let out = prometheus(
-            &store.snapshot(),
-            &filtered("^(server|listener_manager)", false),
-        );
+        let out = prometheus(&store.snapshot(), &filtered("^(server|listener_manager)", false));
         let expected = "# TYPE egressd_server_config_reload counter\n\
             egressd_server_config_reload{} 1\n\n\
             # TYPE egressd_server_config_reload_failed counter\n\
@@ -256,21 +244,14 @@ mod tests {
             out.contains("# TYPE envoy_server_live gauge\nenvoy_server_live{} 1\n\n"),
             "{out}"
         );
-        assert!(
-            out.contains("envoy_listener_manager_workers_started{} 1\n"),
-            "{out}"
-        );
+        assert!(out.contains("envoy_listener_manager_workers_started{} 1\n"), "{out}");
     }
 
     #[test]
     fn prometheus_escapes_label_values() {
         let store = Store::new();
         store
-            .counter_with(StatDesc::scoped(
-                cluster::SCOPE,
-                "a\"b\\c\nd",
-                "upstream_cx_total",
-            ))
+            .counter_with(StatDesc::scoped(cluster::SCOPE, "a\"b\\c\nd", "upstream_cx_total"))
             .inc();
         let out = prometheus(&store.snapshot(), &all());
         assert!(
@@ -299,9 +280,7 @@ mod tests {
         let stats = ClusterStats::new(&store, CNN_443);
         stats.upstream_cx_total.inc();
         stats.upstream_cx_active.set(0);
-        ListenerStats::new(&store, "0.0.0.0_8080")
-            .downstream_cx_total
-            .inc();
+        ListenerStats::new(&store, "0.0.0.0_8080").downstream_cx_total.inc();
 
         let used = text(
             &store.snapshot(),
@@ -317,10 +296,7 @@ mod tests {
              listener.0.0.0.0_8080.downstream_cx_total: 1\n"
         );
         let out = text(&store.snapshot(), &filtered("upstream_cx_total", false));
-        assert_eq!(
-            out,
-            "cluster.outbound|443||edition.cnn.com.upstream_cx_total: 1\n"
-        );
+        assert_eq!(out, "cluster.outbound|443||edition.cnn.com.upstream_cx_total: 1\n");
         let out = text(&store.snapshot(), &filtered("connect_fail", true));
         assert_eq!(out, "");
         let out = prometheus(&store.snapshot(), &filtered("^listener", true));
@@ -340,10 +316,7 @@ mod tests {
             &store.snapshot(),
             &filtered(r"^(server\.state|listener_manager\.workers_started)", true),
         );
-        assert_eq!(
-            out,
-            "listener_manager.workers_started: 1\nserver.state: 0\n"
-        );
+        assert_eq!(out, "listener_manager.workers_started: 1\nserver.state: 0\n");
     }
 
     #[test]

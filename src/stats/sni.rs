@@ -114,33 +114,18 @@ mod tests {
 
     fn value(store: &Store, name: &str) -> Option<u64> {
         let snap = store.snapshot();
-        snap.samples()
-            .iter()
-            .find(|s| s.name() == name)
-            .map(|s| s.value())
+        snap.samples().iter().find(|s| s.name() == name).map(|s| s.value())
     }
 
     #[test]
     fn same_name_shares_counters_case_insensitively() {
         let store = Store::new();
         let stats = SniStats::new(&store, 10);
-        stats
-            .server_name("edition.cnn.com")
-            .downstream_cx_total
-            .inc();
-        stats
-            .server_name("Edition.CNN.com")
-            .downstream_cx_total
-            .inc();
+        stats.server_name("edition.cnn.com").downstream_cx_total.inc();
+        stats.server_name("Edition.CNN.com").downstream_cx_total.inc();
         stats.server_name("edition.cnn.com").rx_bytes_total.add(736);
-        assert_eq!(
-            value(&store, "sni.edition.cnn.com.downstream_cx_total"),
-            Some(2)
-        );
-        assert_eq!(
-            value(&store, "sni.edition.cnn.com.rx_bytes_total"),
-            Some(736)
-        );
+        assert_eq!(value(&store, "sni.edition.cnn.com.downstream_cx_total"), Some(2));
+        assert_eq!(value(&store, "sni.edition.cnn.com.rx_bytes_total"), Some(736));
         assert_eq!(stats.len(), 1);
     }
 

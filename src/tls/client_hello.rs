@@ -5,9 +5,8 @@
 
 use rustls_pki_types::ServerName;
 use tls_parser::{
-    parse_tls_extension_alpn_content, parse_tls_extension_sni_content,
-    parse_tls_extension_supported_versions, parse_tls_handshake_client_hello, SNIType,
-    TlsExtension,
+    parse_tls_extension_alpn_content, parse_tls_extension_sni_content, parse_tls_extension_supported_versions,
+    parse_tls_handshake_client_hello, SNIType, TlsExtension,
 };
 
 use super::sni::Refusal;
@@ -22,7 +21,9 @@ const MAX_ALPN_PROTOCOLS: usize = 64;
 /// What a ClientHello asks for, as far as routing and logging care.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientHelloInfo {
-    /// The SNI host name, lowercased. `None` when the client sent no `server_name` extension or
+    /// The SNI host name, lowercased and without a trailing dot (RFC 6066 forbids one; rustls
+    /// drops it the same way, so termination and passthrough route alike; the origin still gets
+    /// the bytes as sent). `None` when the client sent no `server_name` extension or
     /// sent an IP literal in it (RFC 6066 forbids that; rustls ignores it the same way). A name
     /// that is not a valid DNS name is refused as malformed instead, as rustls and OpenSSL do, so
     /// no unvalidated bytes ever reach routing or the access log.
@@ -137,9 +138,7 @@ fn alpn_protocols(data: &[u8]) -> Result<Vec<Vec<u8>>, Refusal> {
         if name_len == 0 {
             return Err(Refusal::Malformed);
         }
-        list = rest
-            .get(usize::from(name_len)..)
-            .ok_or(Refusal::Malformed)?;
+        list = rest.get(usize::from(name_len)..).ok_or(Refusal::Malformed)?;
         count += 1;
     }
     if count == 0 || count > MAX_ALPN_PROTOCOLS {
@@ -163,9 +162,7 @@ fn supported_versions(raw: &[u8]) -> Result<Vec<u16>, Refusal> {
         return Err(Refusal::Malformed);
     }
     match parse_tls_extension_supported_versions(raw) {
-        Ok(([], TlsExtension::SupportedVersions(versions))) => {
-            Ok(versions.iter().map(|version| version.0).collect())
-        }
+        Ok(([], TlsExtension::SupportedVersions(versions))) => Ok(versions.iter().map(|version| version.0).collect()),
         _ => Err(Refusal::Malformed),
     }
 }
@@ -232,6 +229,14 @@ mod tests {
     }
 
     #[test]
+    fn trailing_dot_is_dropped_like_rustls_does() {
+        let info = parse_with(&[sni_extension(&[sni_entry(0, b"edition.cnn.com.")])]).unwrap();
+        assert_eq!(info.server_name.as_deref(), Some("edition.cnn.com"));
+        let two_dots = parse_with(&[sni_extension(&[sni_entry(0, b"edition.cnn.com..")])]);
+        assert_eq!(two_dots, Err(Refusal::Malformed));
+    }
+
+    #[test]
     fn ip_literal_server_name_counts_as_absent() {
         let info = parse_with(&[sni_extension(&[sni_entry(0, b"10.1.2.3")])]).unwrap();
         assert_eq!(info.server_name, None);
@@ -239,13 +244,7 @@ mod tests {
 
     #[test]
     fn invalid_server_names_are_malformed() {
-        for name in [
-            &b"bad name.com"[..],
-            b"caf\xc3\xa9.com",
-            b"a..b",
-            b"",
-            b"x\0.com",
-        ] {
+        for name in [&b"bad name.com"[..], b"caf\xc3\xa9.com", b"a..b", b"", b"x\0.com"] {
             let result = parse_with(&[sni_extension(&[sni_entry(0, name)])]);
             assert_eq!(result, Err(Refusal::Malformed), "{name:?}");
         }
