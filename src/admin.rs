@@ -66,11 +66,7 @@ fn handle(state: &AppState, surface: Surface, req: Request<Incoming>) -> Respons
                 state.server_stats.refresh();
                 let snapshot = state.stats.snapshot();
                 if param(query, "format").as_deref() == Some("json") {
-                    reply(
-                        StatusCode::OK,
-                        "application/json",
-                        render::json(&snapshot, &opts),
-                    )
+                    reply(StatusCode::OK, "application/json", render::json(&snapshot, &opts))
                 } else if param(query, "format").as_deref() == Some("prometheus") {
                     reply(
                         StatusCode::OK,
@@ -98,11 +94,7 @@ fn handle(state: &AppState, surface: Surface, req: Request<Incoming>) -> Respons
             state.request_shutdown();
             reply(StatusCode::OK, "text/plain", "OK\n".into())
         }
-        (Surface::Admin, "/quitquitquit") => reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "use POST\n".into(),
-        ),
+        (Surface::Admin, "/quitquitquit") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n".into()),
         (Surface::Admin, "/") => reply(StatusCode::OK, "text/plain", INDEX.into()),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
@@ -112,11 +104,7 @@ const INDEX: &str = "egressd admin\n  /ready\n  /stats[?filter=REGEX&usedonly&fo
 
 fn ready(state: &AppState) -> Response<Full<Bytes>> {
     if *state.shutdown.borrow() || state.drain.is_draining() {
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "DRAINING\n".into(),
-        );
+        return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n".into());
     }
     reply(StatusCode::OK, "text/plain", "LIVE\n".into())
 }
@@ -130,7 +118,13 @@ fn config_dump(state: &AppState) -> Response<Full<Bytes>> {
         .clone();
     let snapshot_value = match serde_json::to_value(&**snapshot) {
         Ok(v) => v,
-        Err(e) => return reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("cannot render the snapshot: {e}\n")),
+        Err(e) => {
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("cannot render the snapshot: {e}\n"),
+            )
+        }
     };
     let dump = serde_json::json!({
         "bootstrap": serde_json::to_value(&state.bootstrap).unwrap_or_default(),
@@ -140,11 +134,7 @@ fn config_dump(state: &AppState) -> Response<Full<Bytes>> {
     });
     match serde_json::to_string_pretty(&dump) {
         Ok(body) => reply(StatusCode::OK, "application/json", body + "\n"),
-        Err(e) => reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
-            e.to_string(),
-        ),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e.to_string()),
     }
 }
 
@@ -185,12 +175,30 @@ fn clusters(state: &AppState) -> Response<Full<Bytes>> {
     let mut out = String::new();
     for (name, cluster) in &snapshot.clusters {
         let _ = writeln!(out, "{name}::observability_name::{name}");
-        let _ = writeln!(out, "{name}::default_priority::max_connections::{}", cluster.limits.max_connections);
-        let _ = writeln!(out, "{name}::default_priority::max_pending_requests::{}", cluster.limits.max_pending_requests);
-        let _ = writeln!(out, "{name}::default_priority::max_requests::{}", cluster.limits.max_requests);
-        let _ = writeln!(out, "{name}::default_priority::max_retries::{}", cluster.limits.max_retries);
+        let _ = writeln!(
+            out,
+            "{name}::default_priority::max_connections::{}",
+            cluster.limits.max_connections
+        );
+        let _ = writeln!(
+            out,
+            "{name}::default_priority::max_pending_requests::{}",
+            cluster.limits.max_pending_requests
+        );
+        let _ = writeln!(
+            out,
+            "{name}::default_priority::max_requests::{}",
+            cluster.limits.max_requests
+        );
+        let _ = writeln!(
+            out,
+            "{name}::default_priority::max_retries::{}",
+            cluster.limits.max_retries
+        );
         let _ = writeln!(out, "{name}::added_via_api::true");
-        let Some(rt) = shared.as_ref().and_then(|s| s.clusters.existing(name)) else { continue };
+        let Some(rt) = shared.as_ref().and_then(|s| s.clusters.existing(name)) else {
+            continue;
+        };
         let mut hosts: Vec<std::net::SocketAddr> = rt.current_endpoints().to_vec();
         for (addr, _) in rt.hosts() {
             if !hosts.contains(&addr) {
@@ -237,9 +245,7 @@ fn options(query: &str) -> Result<RenderOptions, String> {
         ),
         _ => None,
     };
-    let used_only = query
-        .split('&')
-        .any(|p| p == "usedonly" || p.starts_with("usedonly="));
+    let used_only = query.split('&').any(|p| p == "usedonly" || p.starts_with("usedonly="));
     Ok(RenderOptions { filter, used_only })
 }
 
@@ -259,10 +265,7 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
                     Ok(b) => {
                         out.push(b);
                         i += 2;

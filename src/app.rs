@@ -56,10 +56,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(s) => s,
         Err(e) => {
             eprint!("{}", check::render_diagnostics(&e.diagnostics));
-            anyhow::bail!(
-                "the config has {} error(s); nothing is served",
-                e.errors().count()
-            );
+            anyhow::bail!("the config has {} error(s); nothing is served", e.errors().count());
         }
     };
     for d in &snapshot.diagnostics {
@@ -68,11 +65,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             _ => tracing::info!("{d}"),
         }
     }
-    let concurrency = bootstrap.concurrency.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let concurrency = bootstrap
+        .concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(concurrency)
         .enable_all()
@@ -99,14 +94,9 @@ async fn serve(
         .with_context(|| format!("cannot bind the health address {}", bootstrap.health))?;
     let prometheus = TcpListener::bind(bootstrap.prometheus)
         .await
-        .with_context(|| {
-            format!(
-                "cannot bind the Prometheus address {}",
-                bootstrap.prometheus
-            )
-        })?;
-    let resolver = crate::upstream::dns::Resolver::new(&dns_config(&bootstrap)?)
-        .map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
+        .with_context(|| format!("cannot bind the Prometheus address {}", bootstrap.prometheus))?;
+    let resolver =
+        crate::upstream::dns::Resolver::new(&dns_config(&bootstrap)?).map_err(|e| anyhow::anyhow!("DNS: {e}"))?;
     let logger = Arc::new(access_logger(&bootstrap)?);
     let drain = crate::drain::Drain::default();
     let shared = Arc::new(crate::proxy::Shared::new(
@@ -146,8 +136,8 @@ async fn serve(
     }
     tracing::info!(admin = %state.bootstrap.admin, "egressd {} ready", env!("CARGO_PKG_VERSION"));
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot watch SIGTERM")?;
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let graceful = tokio::select! {
         _ = sigterm.recv() => { tracing::info!("SIGTERM: draining"); true }
         _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: draining"); true }
@@ -164,7 +154,9 @@ async fn serve(
 /// or, with `EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true`, as soon as no downstream connection is open.
 async fn drain_then_exit(state: &AppState) {
     state.drain.start();
-    state.server_stats.set_state(crate::stats::family::ServerState::Draining);
+    state
+        .server_stats
+        .set_state(crate::stats::family::ServerState::Draining);
     let exit_on_zero = std::env::var("EXIT_ON_ZERO_ACTIVE_CONNECTIONS").is_ok_and(|v| v == "true");
     let deadline = tokio::time::Instant::now() + state.bootstrap.drain_duration;
     loop {
@@ -188,7 +180,10 @@ fn dns_config(bootstrap: &Bootstrap) -> anyhow::Result<crate::upstream::dns::Dns
     for ns in &bootstrap.dns.nameservers {
         let addr = ns
             .parse::<std::net::SocketAddr>()
-            .or_else(|_| ns.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+            .or_else(|_| {
+                ns.parse::<std::net::IpAddr>()
+                    .map(|ip| std::net::SocketAddr::new(ip, 53))
+            })
             .map_err(|_| anyhow::anyhow!("DNS nameserver `{ns}` is not ip or ip:port"))?;
         nameservers.push(addr);
     }

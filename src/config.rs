@@ -106,7 +106,8 @@ pub struct Resource {
 pub enum Spec {
     Gateway(gateway::GatewaySpec),
     VirtualService(virtual_service::VirtualServiceSpec),
-    DestinationRule(destination_rule::DestinationRuleSpec),
+    /// Boxed: by far the largest spec, and resources are built once per load.
+    DestinationRule(Box<destination_rule::DestinationRuleSpec>),
     ServiceEntry(service_entry::ServiceEntrySpec),
 }
 
@@ -126,12 +127,7 @@ impl Resource {
     }
 
     /// A diagnostic about `field` of this resource.
-    pub fn diagnostic(
-        &self,
-        severity: Severity,
-        field: &str,
-        message: impl Into<String>,
-    ) -> Diagnostic {
+    pub fn diagnostic(&self, severity: Severity, field: &str, message: impl Into<String>) -> Diagnostic {
         Diagnostic {
             severity,
             file: Some(self.origin.file.clone()),

@@ -15,7 +15,10 @@ pub struct Drain {
 
 impl Default for Drain {
     fn default() -> Self {
-        Drain { draining: Arc::new(watch::channel(false).0), active: Arc::new(AtomicUsize::new(0)) }
+        Drain {
+            draining: Arc::new(watch::channel(false).0),
+            active: Arc::new(AtomicUsize::new(0)),
+        }
     }
 }
 

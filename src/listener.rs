@@ -47,7 +47,12 @@ pub struct Listeners {
 
 impl Listeners {
     pub fn new(shared: Arc<Shared>, snapshot: Arc<ArcSwap<Snapshot>>, bootstrap: Arc<Bootstrap>) -> Listeners {
-        Listeners { shared, snapshot, bootstrap, running: Mutex::new(HashMap::new()) }
+        Listeners {
+            shared,
+            snapshot,
+            bootstrap,
+            running: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Makes the bound set match the current snapshot. Fails only when a new address cannot be
@@ -55,7 +60,8 @@ impl Listeners {
     pub fn reconcile(&self) -> anyhow::Result<()> {
         let current = self.snapshot.load_full();
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let wanted: HashMap<SocketAddr, &str> = current.listeners.iter().map(|l| (l.address, l.name.as_str())).collect();
+        let wanted: HashMap<SocketAddr, &str> =
+            current.listeners.iter().map(|l| (l.address, l.name.as_str())).collect();
         running.retain(|addr, r| {
             let keep = wanted.contains_key(addr);
             if !keep {
@@ -87,7 +93,9 @@ impl Listeners {
                 }
                 Err(e) => {
                     tracing::error!(listener = %name, %addr, error = %e, "cannot bind listener");
-                    first_error.get_or_insert_with(|| anyhow::anyhow!(e).context(format!("cannot bind listener {name} on {addr}")));
+                    first_error.get_or_insert_with(|| {
+                        anyhow::anyhow!(e).context(format!("cannot bind listener {name} on {addr}"))
+                    });
                 }
             }
         }

@@ -38,10 +38,7 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprint!("{}", check::render_diagnostics(&e.diagnostics));
                     let n = e.errors().count();
-                    eprintln!(
-                        "{n} error{}: nothing would be served",
-                        if n == 1 { "" } else { "s" }
-                    );
+                    eprintln!("{n} error{}: nothing would be served", if n == 1 { "" } else { "s" });
                     ExitCode::FAILURE
                 }
             }

@@ -81,7 +81,11 @@ fn watch_paths(paths: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<notif
     .map_err(|e| tracing::warn!(error = %e, "cannot watch the config; polling only"))
     .ok()?;
     for path in paths {
-        let dir = if path.is_dir() { path.as_path() } else { path.parent().unwrap_or(Path::new(".")) };
+        let dir = if path.is_dir() {
+            path.as_path()
+        } else {
+            path.parent().unwrap_or(Path::new("."))
+        };
         if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
             tracing::warn!(path = %dir.display(), error = %e, "cannot watch; polling only");
         }

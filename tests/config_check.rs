@@ -17,7 +17,13 @@ fn compile(dir: &str) -> Snapshot {
 /// Every seed snapshot renders as JSON (what `/config_dump` serves).
 #[test]
 fn every_seed_snapshot_serializes_for_config_dump() {
-    for dir in ["http-mtls-disabled", "http-mtls-enabled", "https-passthrough", "https-mtls-enabled", "network-policy"] {
+    for dir in [
+        "http-mtls-disabled",
+        "http-mtls-enabled",
+        "https-passthrough",
+        "https-mtls-enabled",
+        "network-policy",
+    ] {
         let s = compile(&format!("tests/fixtures/seed/{dir}"));
         let json = serde_json::to_value(&s).unwrap_or_else(|e| panic!("{dir}: {e}"));
         assert!(json["listeners"].is_array(), "{dir}");
@@ -53,15 +59,9 @@ fn seed_http_mtls_disabled() {
     };
     assert_eq!(dest[0].cluster, "outbound|80||edition.cnn.com");
     assert_eq!(dest[0].weight, 100);
-    assert_eq!(
-        vh[0].routes[0].retry.attempts, 2,
-        "istiod's default retry policy"
-    );
+    assert_eq!(vh[0].routes[0].retry.attempts, 2, "istiod's default retry policy");
     // Lookups ignore the port, like ignore_port_in_host_matching.
-    assert!(hcm
-        .route_config
-        .virtual_host("edition.cnn.com:80")
-        .is_some());
+    assert!(hcm.route_config.virtual_host("edition.cnn.com:80").is_some());
     assert!(hcm.route_config.virtual_host("other.com").is_none());
     for name in [
         "outbound|80||edition.cnn.com",
@@ -76,9 +76,7 @@ fn seed_http_mtls_disabled() {
         );
     }
     assert!(
-        s.diagnostics
-            .iter()
-            .all(|d| d.severity != config::Severity::Warning),
+        s.diagnostics.iter().all(|d| d.severity != config::Severity::Warning),
         "{:?}",
         s.diagnostics
     );
@@ -89,23 +87,15 @@ fn seed_http_mtls_enabled() {
     let s = compile("tests/fixtures/seed/http-mtls-enabled");
     let l = &s.listeners[0];
     assert_eq!((l.name.as_str(), l.server_port), ("0.0.0.0_8080", 80));
-    let ListenerKind::Tls(chains) = &l.kind else {
-        panic!()
-    };
+    let ListenerKind::Tls(chains) = &l.kind else { panic!() };
     assert_eq!(chains.len(), 1);
     assert_eq!(chains[0].server_names, ["edition.cnn.com"]);
     let ChainKind::TerminateHttp { tls, http } = &chains[0].kind else {
         panic!()
     };
     assert_eq!(format!("{:?}", tls.mode), "Mutual");
-    assert_eq!(
-        http.route_config.name,
-        "https.80.https.istio-egressgateway.default"
-    );
-    assert_eq!(
-        http.route_config.virtual_hosts[0].name,
-        "edition.cnn.com:80"
-    );
+    assert_eq!(http.route_config.name, "https.80.https.istio-egressgateway.default");
+    assert_eq!(http.route_config.virtual_hosts[0].name, "edition.cnn.com:80");
     let c = &s.clusters["outbound|80|cnn|istio-egressgateway.istio-system.svc.cluster.local"];
     let tls = c.tls.as_ref().expect("subset port-level ISTIO_MUTUAL");
     assert_eq!(tls.sni.as_deref(), Some("edition.cnn.com"));
@@ -119,9 +109,7 @@ fn seed_https_passthrough() {
         (l.name.as_str(), l.server_port, l.address.port()),
         ("0.0.0.0_8443", 443, 8443)
     );
-    let ListenerKind::Tls(chains) = &l.kind else {
-        panic!()
-    };
+    let ListenerKind::Tls(chains) = &l.kind else { panic!() };
     assert_eq!(chains.len(), 1);
     assert_eq!(chains[0].server_names, ["edition.cnn.com"]);
     let ChainKind::Passthrough(tcp) = &chains[0].kind else {
@@ -129,8 +117,7 @@ fn seed_https_passthrough() {
     };
     assert_eq!(tcp.stat_prefix, "outbound|443||edition.cnn.com");
     assert_eq!(tcp.clusters[0].cluster, "outbound|443||edition.cnn.com");
-    assert!(cluster_names(&s)
-        .contains(&"outbound|443|cnn|istio-egressgateway.istio-system.svc.cluster.local"));
+    assert!(cluster_names(&s).contains(&"outbound|443|cnn|istio-egressgateway.istio-system.svc.cluster.local"));
 }
 
 #[test]
@@ -185,24 +172,13 @@ fn check_prints_tables_for_every_seed_scenario() {
         ),
         (
             "https-passthrough",
-            [
-                "0.0.0.0_8443",
-                "passthrough",
-                "outbound|443||edition.cnn.com",
-            ],
+            ["0.0.0.0_8443", "passthrough", "outbound|443||edition.cnn.com"],
         ),
         (
             "https-mtls-enabled",
-            [
-                "0.0.0.0_8443",
-                "terminate MUTUAL, tcp",
-                "outbound|443||edition.cnn.com",
-            ],
+            ["0.0.0.0_8443", "terminate MUTUAL, tcp", "outbound|443||edition.cnn.com"],
         ),
-        (
-            "network-policy",
-            ["SKIPPED (1)", "NetworkPolicy", "CLUSTERS"],
-        ),
+        ("network-policy", ["SKIPPED (1)", "NetworkPolicy", "CLUSTERS"]),
     ] {
         let (code, stdout, stderr) = check(&format!("tests/fixtures/seed/{dir}"));
         assert_eq!(code, 0, "{dir}: {stderr}");

@@ -32,9 +32,7 @@ fn v4(last: u8) -> Ipv4Addr {
 }
 
 fn at(ips: &[Ipv4Addr], port: u16) -> Vec<SocketAddr> {
-    ips.iter()
-        .map(|ip| SocketAddr::new((*ip).into(), port))
-        .collect()
+    ips.iter().map(|ip| SocketAddr::new((*ip).into(), port)).collect()
 }
 
 /// Polls `done` until it holds, for at most `within`; TTLs are whole seconds, so a refresh takes
@@ -63,16 +61,20 @@ async fn lookup_returns_the_loopback_address_and_its_ttl() {
 #[tokio::test]
 async fn strict_uses_every_address_and_logical_the_first() {
     let dns = TestDns::start().await;
-    let ips = [v4(2), v4(3), v4(4)];
-    dns.set_a(HOST, &ips, 60);
+    dns.set_a(HOST, &[v4(4), v4(2), v4(3)], 60);
     let r = resolver(&config(&dns));
     let strict = Endpoints::Dns(DnsEndpoints::spawn(r.clone(), HOST, 80, DnsMode::Strict));
     let logical = Endpoints::Dns(DnsEndpoints::spawn(r, HOST, 80, DnsMode::Logical));
 
     let wait = Duration::from_secs(2);
-    assert_eq!(*strict.wait_first(wait).await, *at(&ips, 80));
-    assert_eq!(*logical.wait_first(wait).await, *at(&ips[..1], 80));
-    assert_eq!(*strict.current(), *at(&ips, 80));
+    let sorted = at(&[v4(2), v4(3), v4(4)], 80);
+    assert_eq!(*strict.wait_first(wait).await, *sorted);
+    assert_eq!(
+        *logical.wait_first(wait).await,
+        *at(&[v4(4)], 80),
+        "first in answer order"
+    );
+    assert_eq!(*strict.current(), *sorted);
 }
 
 #[tokio::test]
@@ -80,16 +82,10 @@ async fn ttl_expiry_refreshes_to_a_changed_address() {
     let dns = TestDns::start().await;
     dns.set_a(HOST, &[v4(2)], 1);
     let endpoints = DnsEndpoints::spawn(resolver(&config(&dns)), HOST, 80, DnsMode::Strict);
-    assert_eq!(
-        *endpoints.wait_first(Duration::from_secs(2)).await,
-        *at(&[v4(2)], 80)
-    );
+    assert_eq!(*endpoints.wait_first(Duration::from_secs(2)).await, *at(&[v4(2)], 80));
 
     dns.set_a(HOST, &[v4(3)], 1);
-    let changed = eventually(Duration::from_secs(4), || {
-        *endpoints.current() == *at(&[v4(3)], 80)
-    })
-    .await;
+    let changed = eventually(Duration::from_secs(4), || *endpoints.current() == *at(&[v4(3)], 80)).await;
     assert!(changed, "still {:?}", endpoints.current());
     assert!(endpoints.resolutions() >= 2);
     assert_eq!(endpoints.failures(), 0);
@@ -105,22 +101,14 @@ async fn a_failing_server_keeps_the_last_good_answer() {
 
     dns.set_failing(true);
     // The retry after a failure comes after 200 ms, not the TTL: wait for two in a row.
-    assert!(
-        eventually(Duration::from_secs(4), || endpoints.consecutive_failures()
-            >= 2)
-        .await
-    );
+    assert!(eventually(Duration::from_secs(4), || endpoints.consecutive_failures() >= 2).await);
     assert_eq!(*endpoints.current(), *at(&[v4(2)], 80));
     let error = endpoints.last_error().expect("error recorded");
     assert!(matches!(*error, DnsError::Lookup { .. }), "{error}");
 
     dns.set_a(HOST, &[v4(5)], 1);
     dns.set_failing(false);
-    assert!(
-        eventually(Duration::from_secs(2), || *endpoints.current()
-            == *at(&[v4(5)], 80))
-        .await
-    );
+    assert!(eventually(Duration::from_secs(2), || *endpoints.current() == *at(&[v4(5)], 80)).await);
     assert_eq!(endpoints.consecutive_failures(), 0);
     assert!(endpoints.failures() >= 2);
 }
@@ -136,11 +124,7 @@ async fn a_silent_server_times_out_within_the_query_timeout() {
     };
     let started = Instant::now();
     let error = resolver(&config).lookup(HOST).await.expect_err("no answer");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     assert!(
         matches!(error, DnsError::Timeout { .. } | DnsError::Lookup { .. }),
         "{error}"
@@ -173,36 +157,17 @@ async fn the_lookup_family_chooses_a_or_aaaa() {
     let dns = TestDns::start().await;
     dns.set_a(HOST, &[v4(2)], 60);
     dns.set_aaaa(HOST, &[Ipv6Addr::LOCALHOST], 60);
-    let with = |family| DnsConfig {
-        family,
-        ..config(&dns)
-    };
+    let with = |family| DnsConfig { family, ..config(&dns) };
 
-    let v4_only = resolver(&with(LookupFamily::V4Only))
-        .lookup(HOST)
-        .await
-        .expect("v4");
+    let v4_only = resolver(&with(LookupFamily::V4Only)).lookup(HOST).await.expect("v4");
     assert_eq!(v4_only.addrs, vec![IpAddr::from(v4(2))]);
-    assert_eq!(
-        dns.queries_for(HOST, "AAAA"),
-        0,
-        "V4_ONLY must not ask for AAAA"
-    );
+    assert_eq!(dns.queries_for(HOST, "AAAA"), 0, "V4_ONLY must not ask for AAAA");
 
-    let v6_only = resolver(&with(LookupFamily::V6Only))
-        .lookup(HOST)
-        .await
-        .expect("v6");
+    let v6_only = resolver(&with(LookupFamily::V6Only)).lookup(HOST).await.expect("v6");
     assert_eq!(v6_only.addrs, vec![IpAddr::from(Ipv6Addr::LOCALHOST)]);
 
-    let all = resolver(&with(LookupFamily::All))
-        .lookup(HOST)
-        .await
-        .expect("all");
-    assert_eq!(
-        all.addrs,
-        vec![IpAddr::from(v4(2)), IpAddr::from(Ipv6Addr::LOCALHOST)]
-    );
+    let all = resolver(&with(LookupFamily::All)).lookup(HOST).await.expect("all");
+    assert_eq!(all.addrs, vec![IpAddr::from(v4(2)), IpAddr::from(Ipv6Addr::LOCALHOST)]);
 }
 
 #[tokio::test]
@@ -234,9 +199,5 @@ async fn dropping_the_last_handle_stops_the_queries() {
 
     let after_drop = dns.queries();
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert_eq!(
-        dns.queries(),
-        after_drop,
-        "a dropped cluster kept resolving"
-    );
+    assert_eq!(dns.queries(), after_drop, "a dropped cluster kept resolving");
 }

@@ -73,19 +73,49 @@ async fn seed_http_scenario_with_curl() {
     );
     let ca_dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write_root(ca_dir.path(), "ca.pem");
-    let e = start(Path::new("tests/fixtures/seed/http-mtls-disabled"), &dns, LogFormat::Text).await;
+    let e = start(
+        Path::new("tests/fixtures/seed/http-mtls-disabled"),
+        &dns,
+        LogFormat::Text,
+    )
+    .await;
 
     let connect_to = format!("edition.cnn.com:80:127.0.0.1:{}", e.bound_port(80));
     let resolve = format!("edition.cnn.com:443:{ip}");
     let out = curl_async(&[
-        "-sL", "-o", "/dev/null", "-D", "-", "--connect-to", &connect_to, "--resolve", &resolve, "--cacert",
-        ca_file.to_str().unwrap(), "-A", "curl/7.35.0", "http://edition.cnn.com/politics",
+        "-sL",
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        "--connect-to",
+        &connect_to,
+        "--resolve",
+        &resolve,
+        "--cacert",
+        ca_file.to_str().unwrap(),
+        "-A",
+        "curl/7.35.0",
+        "http://edition.cnn.com/politics",
     ])
     .await;
     let headers = stdout(&out);
-    let status: Vec<&str> = headers.lines().filter(|l| l.starts_with("HTTP/")).map(str::trim).collect();
-    assert_eq!(status, ["HTTP/1.1 301 Moved Permanently", "HTTP/1.1 200 OK"], "{headers}");
-    assert!(headers.to_ascii_lowercase().contains("location: https://edition.cnn.com/politics"), "{headers}");
+    let status: Vec<&str> = headers
+        .lines()
+        .filter(|l| l.starts_with("HTTP/"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        status,
+        ["HTTP/1.1 301 Moved Permanently", "HTTP/1.1 200 OK"],
+        "{headers}"
+    );
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("location: https://edition.cnn.com/politics"),
+        "{headers}"
+    );
     assert!(headers.contains("151654"), "{headers}");
     assert_eq!(origin.requests().len(), 1);
     assert_eq!(https.requests().len(), 1);
@@ -95,7 +125,10 @@ async fn seed_http_scenario_with_curl() {
     // 24 fields; method, path and protocol share one quoted token.
     assert_eq!(f.len(), 22, "{line}");
     assert_eq!(&f[1], "GET /politics HTTP/1.1");
-    assert_eq!((&f[2][..], &f[3][..], &f[4][..], &f[5][..], &f[6][..]), ("301", "-", "via_upstream", "-", "-"));
+    assert_eq!(
+        (&f[2][..], &f[3][..], &f[4][..], &f[5][..], &f[6][..]),
+        ("301", "-", "via_upstream", "-", "-")
+    );
     assert_eq!((&f[7][..], &f[8][..]), ("0", "0"), "bytes in/out: {line}");
     assert_eq!(&f[11], "127.0.0.1", "XFF has the downstream address");
     assert_eq!(&f[12], "curl/7.35.0");
@@ -118,16 +151,30 @@ async fn seed_http_scenario_with_curl() {
     ] {
         assert!(stats.contains(expected), "`{expected}` not in /stats:\n{stats}");
     }
-    assert_eq!(e.stat(&format!("http.outbound_127.0.0.1_{}.downstream_rq_3xx", e.bound_port(80))), Some(1));
+    assert_eq!(
+        e.stat(&format!(
+            "http.outbound_127.0.0.1_{}.downstream_rq_3xx",
+            e.bound_port(80)
+        )),
+        Some(1)
+    );
     let prom = e.get("/stats/prometheus").text();
     assert!(
-        prom.contains("envoy_cluster_upstream_rq{cluster_name=\"outbound|80||edition.cnn.com\",response_code=\"301\"} 1"),
+        prom.contains(
+            "envoy_cluster_upstream_rq{cluster_name=\"outbound|80||edition.cnn.com\",response_code=\"301\"} 1"
+        ),
         "{prom}"
     );
     let filtered = e.get("/stats?filter=edition.cnn.com.upstream_rq_301").text();
-    assert_eq!(filtered.trim(), "cluster.outbound|80||edition.cnn.com.upstream_rq_301: 1");
+    assert_eq!(
+        filtered.trim(),
+        "cluster.outbound|80||edition.cnn.com.upstream_rq_301: 1"
+    );
     let clusters = e.get("/clusters").text();
-    assert!(clusters.contains(&format!("outbound|80||edition.cnn.com::{ip}:80::cx_total::1")), "{clusters}");
+    assert!(
+        clusters.contains(&format!("outbound|80||edition.cnn.com::{ip}:80::cx_total::1")),
+        "{clusters}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,19 +209,45 @@ async fn every_outcome_has_envoys_status_flags_and_details() {
         ("slow.example.com", "/hang", 504, "UT upstream_response_timeout", 24),
     ];
     for (i, (host, path, status, flags_details, body_len)) in cases.iter().enumerate() {
-        let out = curl_async(&["-s", "-o", "-", "-w", "\n%{http_code}", "-H", &format!("Host: {host}"), &gateway_url(&e, path)]).await;
+        let out = curl_async(&[
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("Host: {host}"),
+            &gateway_url(&e, path),
+        ])
+        .await;
         let text = stdout(&out);
         let (body, code) = text.rsplit_once('\n').unwrap();
         assert_eq!(code, status.to_string(), "{host}: {text}");
         assert_eq!(body.len(), *body_len, "{host}: body {body:?}");
         let line = e.wait_for_log_lines(i + 1, Duration::from_secs(5)).remove(i);
-        assert!(line.contains(&format!("\" {status} {flags_details} ")), "{host}: {line}");
+        assert!(
+            line.contains(&format!("\" {status} {flags_details} ")),
+            "{host}: {line}"
+        );
     }
-    assert_eq!(e.stat("cluster.outbound|80||down.example.com.upstream_cx_connect_fail"), Some(4));
-    assert_eq!(e.stat("cluster.outbound|80||down.example.com.upstream_rq_total"), Some(0));
+    assert_eq!(
+        e.stat("cluster.outbound|80||down.example.com.upstream_cx_connect_fail"),
+        Some(4)
+    );
+    assert_eq!(
+        e.stat("cluster.outbound|80||down.example.com.upstream_rq_total"),
+        Some(0)
+    );
     assert_eq!(e.stat("cluster.outbound|80||down.example.com.upstream_rq_503"), Some(2));
-    assert_eq!(e.stat("cluster.outbound|80||ok.example.com.upstream_rq_timeout"), Some(1));
-    assert!(e.stat(&format!("http.outbound_127.0.0.1_{}.no_route", e.bound_port(80))).unwrap() >= 1);
+    assert_eq!(
+        e.stat("cluster.outbound|80||ok.example.com.upstream_rq_timeout"),
+        Some(1)
+    );
+    assert!(
+        e.stat(&format!("http.outbound_127.0.0.1_{}.no_route", e.bound_port(80)))
+            .unwrap()
+            >= 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,12 +257,35 @@ async fn h2c_from_the_client_and_to_the_upstream() {
     let origin = Origin::start("127.0.0.104:80".parse().unwrap(), None);
     let dir = config("h2.example.com", "");
     // The ServiceEntry port says HTTP2: the gateway talks h2c to the origin.
-    let yaml = std::fs::read_to_string(dir.path().join("istio.yaml")).unwrap().replace("protocol: HTTP}]\n  resolution", "protocol: HTTP2}]\n  resolution");
+    let yaml = std::fs::read_to_string(dir.path().join("istio.yaml"))
+        .unwrap()
+        .replace("protocol: HTTP}]\n  resolution", "protocol: HTTP2}]\n  resolution");
     std::fs::write(dir.path().join("istio.yaml"), yaml).unwrap();
     let e = start(dir.path(), &dns, LogFormat::Json).await;
-    let out = curl_async(&["-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "-H", "Host: h2.example.com", &gateway_url(&e, "/echo")]).await;
+    let out = curl_async(&[
+        "-s",
+        "--http2-prior-knowledge",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version}",
+        "-H",
+        "Host: h2.example.com",
+        &gateway_url(&e, "/echo"),
+    ])
+    .await;
     assert_eq!(stdout(&out), "200 2");
-    let out = curl_async(&["-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "-H", "Host: h2.example.com", &gateway_url(&e, "/echo")]).await;
+    let out = curl_async(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version}",
+        "-H",
+        "Host: h2.example.com",
+        &gateway_url(&e, "/echo"),
+    ])
+    .await;
     assert_eq!(stdout(&out), "200 1.1");
     let seen = origin.wait_for_requests(2, Duration::from_secs(5));
     assert!(seen.iter().all(|r| r.version == "HTTP/2"), "{seen:?}");
@@ -211,7 +307,19 @@ async fn dns_changes_are_followed_and_failures_keep_the_last_answer() {
     let dir = config("moving.example.com", "");
     let e = start(dir.path(), &dns, LogFormat::Text).await;
     let url = gateway_url(&e, "/");
-    let get = || async { curl_async(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: moving.example.com", &url]).await };
+    let get = || async {
+        curl_async(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: moving.example.com",
+            &url,
+        ])
+        .await
+    };
     assert_eq!(stdout(&get().await), "200");
     assert_eq!(first.requests().len(), 1);
 
@@ -221,12 +329,19 @@ async fn dns_changes_are_followed_and_failures_keep_the_last_answer() {
         assert_eq!(stdout(&get().await), "200");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!second.requests().is_empty(), "the TTL expired but the new address was never used");
+    assert!(
+        !second.requests().is_empty(),
+        "the TTL expired but the new address was never used"
+    );
 
     dns.set_failing(true);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = second.requests().len();
-    assert_eq!(stdout(&get().await), "200", "the last good answer is kept while DNS fails");
+    assert_eq!(
+        stdout(&get().await),
+        "200",
+        "the last good answer is kept while DNS fails"
+    );
     assert_eq!(second.requests().len(), before + 1);
 }
 
@@ -237,10 +352,21 @@ async fn upstream_dropped_mid_response_resets_the_client() {
     let _origin = Origin::start("127.0.0.107:80".parse().unwrap(), None);
     let dir = config("reset.example.com", "");
     let e = start(dir.path(), &dns, LogFormat::Text).await;
-    let out = curl_async(&["-s", "-o", "/dev/null", "-H", "Host: reset.example.com", &gateway_url(&e, "/reset-mid-body")]).await;
+    let out = curl_async(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Host: reset.example.com",
+        &gateway_url(&e, "/reset-mid-body"),
+    ])
+    .await;
     assert_ne!(out.status.code(), Some(0), "the client must see the transfer cut short");
     let line = e.wait_for_log_lines(1, Duration::from_secs(5)).remove(0);
-    assert!(line.contains("\" 200 UC upstream_reset_after_response_started{connection_termination} "), "{line}");
+    assert!(
+        line.contains("\" 200 UC upstream_reset_after_response_started{connection_termination} "),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,9 +377,26 @@ async fn headers_are_handled_like_envoys_gateway() {
     let dir = config("echo.example.com", "");
     let e = start(dir.path(), &dns, LogFormat::Text).await;
     let out = curl_async(&[
-        "-s", "-D", "-", "-o", "/dev/null", "-H", "Host: echo.example.com", "-H", "x-forwarded-for: 10.1.2.3", "-H",
-        "x-forwarded-client-cert: By=spiffe://cluster.local/ns/a/sa/b", "-H", "x-envoy-peer-metadata: abc", "-H",
-        "x-envoy-peer-metadata-id: sidecar~1", "-H", "Connection: keep-alive, x-hop", "-H", "x-hop: 1", &gateway_url(&e, "/echo"),
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Host: echo.example.com",
+        "-H",
+        "x-forwarded-for: 10.1.2.3",
+        "-H",
+        "x-forwarded-client-cert: By=spiffe://cluster.local/ns/a/sa/b",
+        "-H",
+        "x-envoy-peer-metadata: abc",
+        "-H",
+        "x-envoy-peer-metadata-id: sidecar~1",
+        "-H",
+        "Connection: keep-alive, x-hop",
+        "-H",
+        "x-hop: 1",
+        &gateway_url(&e, "/echo"),
     ])
     .await;
     let response = stdout(&out).to_ascii_lowercase();
@@ -262,7 +405,12 @@ async fn headers_are_handled_like_envoys_gateway() {
     assert_eq!(seen.header("x-forwarded-for"), Some("10.1.2.3,127.0.0.1"));
     assert_eq!(seen.header("x-request-id").map(str::len), Some(36));
     assert_eq!(seen.header("host"), Some("echo.example.com"));
-    for gone in ["x-forwarded-client-cert", "x-envoy-peer-metadata", "x-envoy-peer-metadata-id", "x-hop"] {
+    for gone in [
+        "x-forwarded-client-cert",
+        "x-envoy-peer-metadata",
+        "x-envoy-peer-metadata-id",
+        "x-hop",
+    ] {
         assert_eq!(seen.header(gone), None, "{gone} must not reach an external host");
     }
 }

@@ -29,7 +29,10 @@ async fn start(dir: &Path, dns: &TestDns, bootstrap: Option<&str>) -> Egressd {
     let mut opts = EgressdOptions::new(dir);
     opts.dns = Some(dns.addr());
     if let Some(text) = bootstrap {
-        let file = dir.parent().unwrap().join(format!("bootstrap-{}.yaml", std::process::id()));
+        let file = dir
+            .parent()
+            .unwrap()
+            .join(format!("bootstrap-{}.yaml", std::process::id()));
         std::fs::write(&file, text).unwrap();
         opts.extra_args = vec!["--bootstrap".into(), file.display().to_string()];
     }
@@ -52,7 +55,10 @@ async fn tunnels_and_h2_connections_survive_ten_reloads() {
     dns.set_a(HOST, &[ip], 300);
     let ca = TestCa::new("reload-ca");
     let leaf = ca.server_cert(&[HOST]);
-    let _https = RawOrigin::start(SocketAddr::new(ip.into(), 443), Some(server_config(&leaf, &[b"http/1.1"])));
+    let _https = RawOrigin::start(
+        SocketAddr::new(ip.into(), 443),
+        Some(server_config(&leaf, &[b"http/1.1"])),
+    );
     let origin = Origin::start(SocketAddr::new(ip.into(), 80), None);
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("config");
@@ -78,7 +84,10 @@ async fn tunnels_and_h2_connections_survive_ten_reloads() {
         std::fs::write(dir.join("istio.yaml"), istio_yaml(&format!("route-{i}"))).unwrap();
         wait_stat(&e, "server.config_reload", i).await;
         // The tunnel still carries a request and its 151654-byte answer.
-        tunnel.write_all(format!("GET /politics HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes()).await.unwrap();
+        tunnel
+            .write_all(format!("GET /politics HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
             let mut b = [0u8; 1];
@@ -88,7 +97,9 @@ async fn tunnels_and_h2_connections_survive_ten_reloads() {
         let mut body = vec![0u8; 151_654];
         tunnel.read_exact(&mut body).await.unwrap();
         // The h2 connection still carries requests.
-        let req = http::Request::get(format!("http://{HOST}/")).body(Empty::new()).unwrap();
+        let req = http::Request::get(format!("http://{HOST}/"))
+            .body(Empty::new())
+            .unwrap();
         let resp = h2.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200, "after reload {i}");
         let _ = resp.into_body().collect().await.unwrap();
@@ -97,7 +108,15 @@ async fn tunnels_and_h2_connections_survive_ten_reloads() {
     assert_eq!(e.stat("server.config_reload_failed"), Some(0));
     assert_eq!(origin.connections(), 1, "one pooled upstream connection throughout");
     // A new connection gets the newest route; the old h2 connection kept its snapshot.
-    let out = support::tools::curl_async(&["-s", "-o", "/dev/null", "-H", &format!("Host: {HOST}"), &format!("http://{}/", e.gateway_addr(80))]).await;
+    let out = support::tools::curl_async(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-H",
+        &format!("Host: {HOST}"),
+        &format!("http://{}/", e.gateway_addr(80)),
+    ])
+    .await;
     assert!(out.status.success());
     // Ten h2 requests (the tunnel logs when it closes) and the curl request.
     let lines = e.wait_for_log_lines(11, Duration::from_secs(5));
@@ -119,7 +138,19 @@ async fn broken_configs_never_replace_a_good_one() {
     let e = start(&dir, &dns, None).await;
     let get = || {
         let url = format!("http://{}/", e.gateway_addr(80));
-        async move { support::tools::curl_async(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("Host: {HOST}"), &url]).await }
+        async move {
+            support::tools::curl_async(&[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &format!("Host: {HOST}"),
+                &url,
+            ])
+            .await
+        }
     };
     let good = istio_yaml("good");
     let broken_cases = [
@@ -130,7 +161,11 @@ async fn broken_configs_never_replace_a_good_one() {
     for (n, (what, text)) in broken_cases.iter().enumerate() {
         std::fs::write(&file, text).unwrap();
         wait_stat(&e, "server.config_reload_failed", n as u64 + 1).await;
-        assert_eq!(support::tools::stdout(&get().await), "200", "{what}: the good config keeps serving");
+        assert_eq!(
+            support::tools::stdout(&get().await),
+            "200",
+            "{what}: the good config keeps serving"
+        );
         let dump = e.get("/config_dump").text();
         let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
         let last = dump["last_reload_error"].as_str().unwrap_or_default().to_string();
@@ -162,10 +197,24 @@ async fn sigterm_drains_without_losing_accepted_requests() {
     for _ in 0..8 {
         let url = url.clone();
         inflight.push(tokio::spawn(async move {
-            support::tools::curl_async(&["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("Host: {HOST}"), &url]).await
+            support::tools::curl_async(&[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &format!("Host: {HOST}"),
+                &url,
+            ])
+            .await
         }));
     }
-    e.wait_for_stat("cluster.outbound|80||reload.example.com.upstream_rq_active", 8, Duration::from_secs(5));
+    e.wait_for_stat(
+        "cluster.outbound|80||reload.example.com.upstream_rq_active",
+        8,
+        Duration::from_secs(5),
+    );
     let started = Instant::now();
     e.terminate();
     // Draining: not ready any more, and new connections are refused.
@@ -176,12 +225,21 @@ async fn sigterm_drains_without_losing_accepted_requests() {
     assert_eq!(e.get("/ready").status, 503);
     for task in inflight {
         let out = task.await.unwrap();
-        assert_eq!(support::tools::stdout(&out), "200", "a request accepted before draining was lost");
+        assert_eq!(
+            support::tools::stdout(&out),
+            "200",
+            "a request accepted before draining was lost"
+        );
     }
-    let status = e.wait_exit(Duration::from_secs(6)).expect("exits after the drain duration");
+    let status = e
+        .wait_exit(Duration::from_secs(6))
+        .expect("exits after the drain duration");
     assert!(status.success(), "{status:?}");
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(2500) && took < Duration::from_secs(6), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

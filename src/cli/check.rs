@@ -6,8 +6,8 @@ use std::fmt::Write;
 use crate::config::{Diagnostic, Severity};
 use crate::routing::http_match::{RouteMatch, StrMatch};
 use crate::routing::snapshot::{
-    ChainKind, Cluster, Discovery, HttpConnectionManager, ListenerKind, RouteAction, Snapshot,
-    TcpProxy, UpstreamTlsMode, WeightedCluster,
+    ChainKind, Cluster, Discovery, HttpConnectionManager, ListenerKind, RouteAction, Snapshot, TcpProxy,
+    UpstreamTlsMode, WeightedCluster,
 };
 
 /// Renders the snapshot as tables.
@@ -39,9 +39,7 @@ pub fn render(snapshot: &Snapshot) -> String {
                     };
                     let (kind, dest) = match &chain.kind {
                         ChainKind::Passthrough(tcp) => ("passthrough", destinations(&tcp.clusters)),
-                        ChainKind::AutoPassthrough => {
-                            ("auto passthrough", "cluster named by the SNI".into())
-                        }
+                        ChainKind::AutoPassthrough => ("auto passthrough", "cluster named by the SNI".into()),
                         ChainKind::TerminateHttp { tls, http } => {
                             add_routes(&mut routes, http);
                             (
@@ -49,19 +47,13 @@ pub fn render(snapshot: &Snapshot) -> String {
                                 format!("routes {}", http.route_config.name),
                             )
                         }
-                        ChainKind::TerminateTcp { tls, tcp } => {
-                            (mode_name(tls.mode, "tcp"), tcp_dest(tcp))
-                        }
+                        ChainKind::TerminateTcp { tls, tcp } => (mode_name(tls.mode, "tcp"), tcp_dest(tcp)),
                     };
                     chains.row([l.name.clone(), sni, kind.to_string(), dest]);
                 }
                 (
                     "TLS",
-                    format!(
-                        "{} filter chain{}",
-                        list.len(),
-                        if list.len() == 1 { "" } else { "s" }
-                    ),
+                    format!("{} filter chain{}", list.len(), if list.len() == 1 { "" } else { "s" }),
                 )
             }
         };
@@ -73,13 +65,7 @@ pub fn render(snapshot: &Snapshot) -> String {
             serves,
         ]);
     }
-    let mut clusters = Table::new([
-        "CLUSTER",
-        "TYPE",
-        "ENDPOINTS",
-        "PROTOCOL",
-        "TLS ORIGINATION",
-    ]);
+    let mut clusters = Table::new(["CLUSTER", "TYPE", "ENDPOINTS", "PROTOCOL", "TLS ORIGINATION"]);
     for c in snapshot.clusters.values() {
         add_cluster(&mut clusters, c);
     }
@@ -100,10 +86,7 @@ pub fn render_diagnostics(diagnostics: &[Diagnostic]) -> String {
         (Severity::NotEnforced, "ACCEPTED, NOT ENFORCED"),
         (Severity::Info, "SKIPPED"),
     ] {
-        let list: Vec<&Diagnostic> = diagnostics
-            .iter()
-            .filter(|d| d.severity == severity)
-            .collect();
+        let list: Vec<&Diagnostic> = diagnostics.iter().filter(|d| d.severity == severity).collect();
         if list.is_empty() {
             continue;
         }
@@ -176,11 +159,7 @@ fn add_routes(table: &mut Table, hcm: &HttpConnectionManager) {
             let matches = if r.matches.is_empty() {
                 "/*".to_string()
             } else {
-                r.matches
-                    .iter()
-                    .map(describe_match)
-                    .collect::<Vec<_>>()
-                    .join(" | ")
+                r.matches.iter().map(describe_match).collect::<Vec<_>>().join(" | ")
             };
             table.row([
                 rc.name.clone(),
@@ -223,9 +202,7 @@ fn add_cluster(table: &mut Table, c: &Cluster) {
                 .collect::<Vec<_>>()
                 .join(","),
         ),
-        Discovery::LogicalDns { target } => {
-            ("LOGICAL_DNS", format!("{}:{}", target.host, target.port))
-        }
+        Discovery::LogicalDns { target } => ("LOGICAL_DNS", format!("{}:{}", target.host, target.port)),
         Discovery::Static { endpoints } => (
             "STATIC",
             endpoints

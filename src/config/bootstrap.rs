@@ -228,18 +228,12 @@ impl Bootstrap {
 
     /// FQDN of the gateway's own Service (`istio-egressgateway.istio-system.svc.cluster.local`).
     pub fn service_host(&self) -> String {
-        format!(
-            "{}.{}.svc.{}",
-            self.service_name, self.namespace, self.domain_suffix
-        )
+        format!("{}.{}.svc.{}", self.service_name, self.namespace, self.domain_suffix)
     }
 
     /// The port bound for a Gateway server port.
     pub fn bound_port(&self, server_port: u16) -> u16 {
-        self.port_mapping
-            .get(&server_port)
-            .copied()
-            .unwrap_or(server_port)
+        self.port_mapping.get(&server_port).copied().unwrap_or(server_port)
     }
 }
 
@@ -258,10 +252,7 @@ mod tests {
         assert_eq!(b.dns.nameservers, ["127.0.0.1:5353"]);
         assert_eq!(b.drain_duration, Duration::from_secs(1));
         assert_eq!(b.namespace, "istio-system");
-        assert_eq!(
-            b.service_host(),
-            "istio-egressgateway.istio-system.svc.cluster.local"
-        );
+        assert_eq!(b.service_host(), "istio-egressgateway.istio-system.svc.cluster.local");
     }
 
     #[test]
@@ -269,9 +260,6 @@ mod tests {
         let err = Bootstrap::from_yaml("admin: 127.0.0.1:15000\nadmn: x\n")
             .unwrap_err()
             .to_string();
-        assert!(
-            err.starts_with("2: ") && err.contains("unknown field `admn`"),
-            "{err}"
-        );
+        assert!(err.starts_with("2: ") && err.contains("unknown field `admn`"), "{err}");
     }
 }

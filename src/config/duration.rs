@@ -55,11 +55,8 @@ pub mod serde_str {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        super::parse(&text).ok_or_else(|| {
-            de::Error::custom(format!(
-                "invalid duration `{text}`; write it like `5s` or `250ms`"
-            ))
-        })
+        super::parse(&text)
+            .ok_or_else(|| de::Error::custom(format!("invalid duration `{text}`; write it like `5s` or `250ms`")))
     }
 }
 

@@ -33,9 +33,7 @@ pub fn load_paths(paths: &[PathBuf], default_namespace: &str) -> Loaded {
             let name: Arc<str> = file.display().to_string().into();
             match read_bounded(&file) {
                 Ok(text) => load_str(name, &text, default_namespace, &mut loaded),
-                Err(message) => loaded
-                    .diagnostics
-                    .push(file_diagnostic(&name, None, message)),
+                Err(message) => loaded.diagnostics.push(file_diagnostic(&name, None, message)),
             }
         }
     }
@@ -60,11 +58,7 @@ fn files_of(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
     let entries = match std::fs::read_dir(path) {
         Ok(entries) => entries,
         Err(e) => {
-            diagnostics.push(file_diagnostic(
-                &name,
-                None,
-                format!("cannot list directory: {e}"),
-            ));
+            diagnostics.push(file_diagnostic(&name, None, format!("cannot list directory: {e}")));
             return Vec::new();
         }
     };
@@ -73,9 +67,7 @@ fn files_of(path: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
         .map(|entry| entry.path())
         .filter(|p| {
             let file_name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            !file_name.starts_with('.')
-                && (file_name.ends_with(".yaml") || file_name.ends_with(".yml"))
-                && p.is_file()
+            !file_name.starts_with('.') && (file_name.ends_with(".yaml") || file_name.ends_with(".yml")) && p.is_file()
         })
         .collect();
     files.sort();
@@ -108,12 +100,8 @@ pub fn load_str(file: Arc<str>, text: &str, default_namespace: &str, loaded: &mu
         Ok(documents) => documents,
         Err(e) => {
             loaded.diagnostics.push(
-                file_diagnostic(
-                    &file,
-                    Some(e.line),
-                    format!("YAML syntax error: {}", e.message),
-                )
-                .with_fix("fix the YAML at this line; nothing from this file was loaded"),
+                file_diagnostic(&file, Some(e.line), format!("YAML syntax error: {}", e.message))
+                    .with_fix("fix the YAML at this line; nothing from this file was loaded"),
             );
             return;
         }
@@ -127,9 +115,7 @@ fn load_object(file: &Arc<str>, node: Arc<Node>, default_namespace: &str, loaded
     let value = match node.to_json() {
         Ok(value) => value,
         Err(e) => {
-            loaded
-                .diagnostics
-                .push(file_diagnostic(file, Some(e.line), e.message));
+            loaded.diagnostics.push(file_diagnostic(file, Some(e.line), e.message));
             return;
         }
     };
@@ -142,23 +128,12 @@ fn load_object(file: &Arc<str>, node: Arc<Node>, default_namespace: &str, loaded
         return;
     };
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
-    let api_version = object
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     if kind.is_empty() || api_version.is_empty() {
-        let missing = if kind.is_empty() {
-            "kind"
-        } else {
-            "apiVersion"
-        };
+        let missing = if kind.is_empty() { "kind" } else { "apiVersion" };
         loaded.diagnostics.push(
-            file_diagnostic(
-                file,
-                Some(node.line),
-                format!("document has no `{missing}`"),
-            )
-            .with_fix("every document needs apiVersion and kind, as for kubectl apply"),
+            file_diagnostic(file, Some(node.line), format!("document has no `{missing}`"))
+                .with_fix("every document needs apiVersion and kind, as for kubectl apply"),
         );
         return;
     }
@@ -190,11 +165,7 @@ fn load_object(file: &Arc<str>, node: Arc<Node>, default_namespace: &str, loaded
         return;
     };
     let metadata = object.get("metadata").cloned().unwrap_or(Value::Null);
-    let name = metadata
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let name = metadata.get("name").and_then(Value::as_str).unwrap_or("").to_string();
     let namespace = metadata
         .get("namespace")
         .and_then(Value::as_str)
@@ -218,7 +189,7 @@ fn load_object(file: &Arc<str>, node: Arc<Node>, default_namespace: &str, loaded
         spec: match kind {
             Kind::Gateway => Spec::Gateway(Default::default()),
             Kind::VirtualService => Spec::VirtualService(Default::default()),
-            Kind::DestinationRule => Spec::DestinationRule(Default::default()),
+            Kind::DestinationRule => Spec::DestinationRule(Box::default()),
             Kind::ServiceEntry => Spec::ServiceEntry(Default::default()),
         },
     };
@@ -242,14 +213,11 @@ fn load_object(file: &Arc<str>, node: Arc<Node>, default_namespace: &str, loaded
         );
         return;
     }
-    let spec_value = object
-        .get("spec")
-        .cloned()
-        .unwrap_or(Value::Object(Default::default()));
+    let spec_value = object.get("spec").cloned().unwrap_or(Value::Object(Default::default()));
     let parsed = match kind {
         Kind::Gateway => typed(&resource, spec_value, loaded).map(Spec::Gateway),
         Kind::VirtualService => typed(&resource, spec_value, loaded).map(Spec::VirtualService),
-        Kind::DestinationRule => typed(&resource, spec_value, loaded).map(Spec::DestinationRule),
+        Kind::DestinationRule => typed(&resource, spec_value, loaded).map(|dr| Spec::DestinationRule(Box::new(dr))),
         Kind::ServiceEntry => typed(&resource, spec_value, loaded).map(Spec::ServiceEntry),
     };
     if let Some(spec) = parsed {

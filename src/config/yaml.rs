@@ -61,10 +61,7 @@ impl Node {
     /// The value under `key` in a mapping.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.kind {
-            NodeKind::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| k.as_str() == Some(key))
-                .map(|(_, v)| v),
+            NodeKind::Map(entries) => entries.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -98,9 +95,7 @@ impl Node {
     pub fn to_json(&self) -> Result<Value, YamlError> {
         Ok(match &self.kind {
             NodeKind::Scalar { text, plain, tag } => scalar_to_json(text, *plain, tag.as_deref()),
-            NodeKind::Seq(items) => {
-                Value::Array(items.iter().map(Node::to_json).collect::<Result<_, _>>()?)
-            }
+            NodeKind::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect::<Result<_, _>>()?),
             NodeKind::Map(entries) => {
                 let mut map = Map::new();
                 for (k, v) in entries {
@@ -238,8 +233,7 @@ impl Builder {
             }
             Event::SequenceStart(anchor, _) => {
                 self.check_depth().map_err(at)?;
-                self.stack
-                    .push(Open::Seq(node_at(NodeKind::Seq(Vec::new())), anchor));
+                self.stack.push(Open::Seq(node_at(NodeKind::Seq(Vec::new())), anchor));
             }
             Event::MappingStart(anchor, _) => {
                 self.check_depth().map_err(at)?;
@@ -249,9 +243,7 @@ impl Builder {
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.stack.pop() {
                     Some(Open::Seq(n, a)) | Some(Open::Map(n, a, None)) => (n, a),
-                    Some(Open::Map(_, _, Some(_))) | None => {
-                        return Err(at("unbalanced collection".into()))
-                    }
+                    Some(Open::Map(_, _, Some(_))) | None => return Err(at("unbalanced collection".into())),
                 };
                 // Its children were already counted as they arrived.
                 self.finish(node, anchor, 0).map_err(at)?;
@@ -318,12 +310,7 @@ fn count(node: &Node) -> usize {
     match &node.kind {
         NodeKind::Scalar { .. } => 1,
         NodeKind::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
-        NodeKind::Map(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| count(k) + count(v))
-                .sum::<usize>()
-        }
+        NodeKind::Map(entries) => 1 + entries.iter().map(|(k, v)| count(k) + count(v)).sum::<usize>(),
     }
 }
 
@@ -341,21 +328,12 @@ mod tests {
 
     #[test]
     fn documents_keep_lines_and_types() {
-        let docs =
-            parse_documents("a: 1\nb: \"2\"\n---\n\n---\nlist:\n- x: true\n  y: 80\n  z: ~\n")
-                .unwrap();
+        let docs = parse_documents("a: 1\nb: \"2\"\n---\n\n---\nlist:\n- x: true\n  y: 80\n  z: ~\n").unwrap();
         assert_eq!(docs.len(), 2);
         let second = &docs[1].root;
-        let line = second.line_of(&[
-            Step::Key("list".into()),
-            Step::Index(0),
-            Step::Key("y".into()),
-        ]);
+        let line = second.line_of(&[Step::Key("list".into()), Step::Index(0), Step::Key("y".into())]);
         assert_eq!(line, 8);
-        assert_eq!(
-            docs[0].root.to_json().unwrap(),
-            serde_json::json!({"a": 1, "b": "2"})
-        );
+        assert_eq!(docs[0].root.to_json().unwrap(), serde_json::json!({"a": 1, "b": "2"}));
         assert_eq!(
             second.to_json().unwrap(),
             serde_json::json!({"list": [{"x": true, "y": 80, "z": null}]})
@@ -388,8 +366,7 @@ mod tests {
 
     #[test]
     fn scalars_resolve_like_yaml_core_schema() {
-        let docs =
-            parse_documents("a: 0x10\nb: -3\nc: 1.5\nd: '80'\ne: 1.2.3\nf: !!str 7\n").unwrap();
+        let docs = parse_documents("a: 0x10\nb: -3\nc: 1.5\nd: '80'\ne: 1.2.3\nf: !!str 7\n").unwrap();
         assert_eq!(
             docs[0].root.to_json().unwrap(),
             serde_json::json!({"a": 16, "b": -3, "c": 1.5, "d": "80", "e": "1.2.3", "f": "7"})

@@ -25,8 +25,13 @@ fn hcm_of(snapshot: &Snapshot, listener: usize, chain: Option<usize>) -> Option<
     }
 }
 
-pub async fn serve_plain<S>(ctx: Arc<ListenerContext>, snapshot: Arc<Snapshot>, listener: usize, stream: S, remote: SocketAddr)
-where
+pub async fn serve_plain<S>(
+    ctx: Arc<ListenerContext>,
+    snapshot: Arc<Snapshot>,
+    listener: usize,
+    stream: S,
+    remote: SocketAddr,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     serve(ctx, snapshot, listener, None, stream, remote, "http", None, None).await
@@ -46,7 +51,9 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(hcm) = hcm_of(&snapshot, listener, chain) else { return };
+    let Some(hcm) = hcm_of(&snapshot, listener, chain) else {
+        return;
+    };
     let stats = ctx.shared.hcm_stats(&hcm.stat_prefix);
     ctx.stats.downstream_cx_total.inc();
     ctx.stats.downstream_cx_active.inc();

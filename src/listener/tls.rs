@@ -14,10 +14,18 @@ use crate::proxy::tcp::{self, TcpSession};
 use crate::routing::snapshot::{ChainKind, ListenerKind, Snapshot, TcpProxy, WeightedCluster};
 use crate::tls::sni::read_client_hello;
 
-pub async fn serve(ctx: Arc<ListenerContext>, snapshot: Arc<Snapshot>, index: usize, mut stream: TcpStream, remote: SocketAddr) {
+pub async fn serve(
+    ctx: Arc<ListenerContext>,
+    snapshot: Arc<Snapshot>,
+    index: usize,
+    mut stream: TcpStream,
+    remote: SocketAddr,
+) {
     let started = SystemTime::now();
     let listener = &snapshot.listeners[index];
-    let ListenerKind::Tls(chains) = &listener.kind else { return };
+    let ListenerKind::Tls(chains) = &listener.kind else {
+        return;
+    };
     let limits = &ctx.bootstrap.limits;
     let hello = tokio::time::timeout(
         ctx.bootstrap.timeouts.client_hello,
@@ -40,14 +48,26 @@ pub async fn serve(ctx: Arc<ListenerContext>, snapshot: Arc<Snapshot>, index: us
     let Some((chain_index, chain)) = found.and_then(|i| Some((i, chains.get(i)?))) else {
         return refuse(&ctx, started, remote, server_name, "no_matching_server_name");
     };
-    let session = TcpSession { downstream: stream, replay, remote, server_name, peer_identity: None, started };
+    let session = TcpSession {
+        downstream: stream,
+        replay,
+        remote,
+        server_name,
+        peer_identity: None,
+        started,
+    };
     match &chain.kind {
         ChainKind::Passthrough(route) => tcp::proxy(&ctx, &snapshot, route, session).await,
         ChainKind::AutoPassthrough => match session.server_name.as_deref().and_then(auto_passthrough_cluster) {
             Some(cluster) if snapshot.cluster(&cluster).is_some() => {
                 let route = TcpProxy {
                     stat_prefix: cluster.clone(),
-                    clusters: vec![WeightedCluster { cluster, weight: 100, request_headers: Default::default(), response_headers: Default::default() }],
+                    clusters: vec![WeightedCluster {
+                        cluster,
+                        weight: 100,
+                        request_headers: Default::default(),
+                        response_headers: Default::default(),
+                    }],
                     origin: "AUTO_PASSTHROUGH".into(),
                 };
                 tcp::proxy(&ctx, &snapshot, &route, session).await
@@ -71,7 +91,13 @@ fn auto_passthrough_cluster(sni: &str) -> Option<String> {
 
 /// Closes a connection that matches no chain: counted and logged at the listener, as Envoy's
 /// listener access log does (`NR filter_chain_not_found`), and never sent upstream.
-fn refuse(ctx: &ListenerContext, started: SystemTime, remote: SocketAddr, server_name: Option<String>, why: &'static str) {
+fn refuse(
+    ctx: &ListenerContext,
+    started: SystemTime,
+    remote: SocketAddr,
+    server_name: Option<String>,
+    why: &'static str,
+) {
     ctx.stats.no_filter_chain_match.inc();
     tracing::debug!(listener = %ctx.name, %remote, server_name = server_name.as_deref().unwrap_or("-"), why, "connection refused");
     let mut record = AccessLogRecord::new(started);
@@ -93,7 +119,8 @@ mod tests {
             Some("outbound|443||edition.cnn.com")
         );
         assert_eq!(
-            super::auto_passthrough_cluster("outbound_.80_.cnn_.istio-egressgateway.istio-system.svc.cluster.local").as_deref(),
+            super::auto_passthrough_cluster("outbound_.80_.cnn_.istio-egressgateway.istio-system.svc.cluster.local")
+                .as_deref(),
             Some("outbound|80|cnn|istio-egressgateway.istio-system.svc.cluster.local")
         );
         assert_eq!(super::auto_passthrough_cluster("edition.cnn.com"), None);

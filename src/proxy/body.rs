@@ -84,12 +84,18 @@ enum Inner {
 
 impl ProxyBody {
     pub fn upstream(body: Incoming, log: RequestLog) -> ProxyBody {
-        ProxyBody { inner: Inner::Upstream(body), log: Some(log) }
+        ProxyBody {
+            inner: Inner::Upstream(body),
+            log: Some(log),
+        }
     }
 
     pub fn full(bytes: Bytes, log: Option<RequestLog>) -> ProxyBody {
         let data = (!bytes.is_empty()).then_some(bytes);
-        ProxyBody { inner: Inner::Full(data), log }
+        ProxyBody {
+            inner: Inner::Full(data),
+            log,
+        }
     }
 }
 

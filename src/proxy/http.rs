@@ -18,7 +18,9 @@ use super::local_reply::Failure;
 use super::Shared;
 use crate::access_log::{AccessLogRecord, Protocol};
 use crate::routing::http_match::RequestView;
-use crate::routing::snapshot::{HeaderOps, HttpConnectionManager, Redirect, Route, RouteAction, Snapshot, WeightedCluster};
+use crate::routing::snapshot::{
+    HeaderOps, HttpConnectionManager, Redirect, Route, RouteAction, Snapshot, WeightedCluster,
+};
 use crate::stats::HttpConnManagerStats;
 use crate::upstream::cluster::ClusterRuntime;
 use crate::upstream::pool::{CheckoutError, UpstreamBody};
@@ -39,11 +41,26 @@ pub struct HttpConn {
 }
 
 /// Headers that describe one hop and never cross the proxy.
-const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"];
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
 /// Mesh-internal headers that must not leave the mesh (Envoy forwards them; we do not).
-const MESH_INTERNAL: [&str; 3] = ["x-forwarded-client-cert", "x-envoy-peer-metadata", "x-envoy-peer-metadata-id"];
+const MESH_INTERNAL: [&str; 3] = [
+    "x-forwarded-client-cert",
+    "x-envoy-peer-metadata",
+    "x-envoy-peer-metadata-id",
+];
 
-pub async fn handle(conn: Arc<HttpConn>, req: Request<Incoming>) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+pub async fn handle(
+    conn: Arc<HttpConn>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let mut log = start_log(&conn, &req);
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
@@ -63,16 +80,19 @@ pub async fn handle(conn: Arc<HttpConn>, req: Request<Incoming>) -> Result<Respo
         scheme: conn.scheme,
         headers: &parts.headers,
     };
-    let route = hcm
-        .route_config
-        .virtual_host(&authority)
-        .and_then(|vh| vh.routes.iter().find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(&view))));
+    let route = hcm.route_config.virtual_host(&authority).and_then(|vh| {
+        vh.routes
+            .iter()
+            .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(&view)))
+    });
     let Some(route) = route else {
         return Ok(local(log, &Failure::NoRoute, &conn.stats));
     };
     log.record.route_name = route.name.as_deref().map(Arc::from);
     let weighted = match &route.action {
-        RouteAction::Redirect(redirect) => return Ok(redirect_reply(log, redirect, &parts.uri, &authority, conn.scheme)),
+        RouteAction::Redirect(redirect) => {
+            return Ok(redirect_reply(log, redirect, &parts.uri, &authority, conn.scheme))
+        }
         RouteAction::Forward(clusters) => pick_weighted(clusters),
     };
     let Some(weighted) = weighted else {
@@ -138,9 +158,12 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<Box<str>> {
 
 /// `:authority` for HTTP/2, the Host header for HTTP/1.
 fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
-    uri.authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+    uri.authority().map(|a| a.as_str().to_string()).or_else(|| {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    })
 }
 
 /// What Envoy's gateway does to request headers before routing (use_remote_address: true).
@@ -217,7 +240,9 @@ fn pick_weighted(clusters: &[WeightedCluster]) -> Option<&WeightedCluster> {
 
 /// Applies the route's rewrite to the path; returns the authority to send upstream.
 fn rewrite(route: &Route, uri: &mut Uri, authority: &str) -> String {
-    let Some(rw) = &route.rewrite else { return authority.to_string() };
+    let Some(rw) = &route.rewrite else {
+        return authority.to_string();
+    };
     if let Some(new_prefix) = &rw.uri {
         let path = uri.path();
         let matched_prefix = route.matches.iter().find_map(|m| match &m.uri {
@@ -243,18 +268,28 @@ fn rewrite(route: &Route, uri: &mut Uri, authority: &str) -> String {
     rw.authority.clone().unwrap_or_else(|| authority.to_string())
 }
 
-fn redirect_reply(mut log: RequestLog, redirect: &Redirect, uri: &Uri, authority: &str, scheme: &str) -> Response<ProxyBody> {
+fn redirect_reply(
+    mut log: RequestLog,
+    redirect: &Redirect,
+    uri: &Uri,
+    authority: &str,
+    scheme: &str,
+) -> Response<ProxyBody> {
     let scheme = redirect.scheme.as_deref().unwrap_or(scheme);
-    let mut host = redirect.authority.clone().unwrap_or_else(|| crate::routing::host::strip_port(authority).to_string());
+    let mut host = redirect
+        .authority
+        .clone()
+        .unwrap_or_else(|| crate::routing::host::strip_port(authority).to_string());
     if let Some(port) = redirect.port {
         host = format!("{host}:{port}");
     } else if redirect.authority.is_none() && authority.contains(':') {
         host = authority.to_string();
     }
-    let path = redirect
-        .path
-        .clone()
-        .unwrap_or_else(|| uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()));
+    let path = redirect.path.clone().unwrap_or_else(|| {
+        uri.path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into())
+    });
     let location = format!("{scheme}://{host}{path}");
     log.record.response_code = redirect.code;
     log.record.response_code_details = Some("direct_response".into());
@@ -283,9 +318,13 @@ fn local(mut log: RequestLog, failure: &Failure, stats: &HttpConnManagerStats) -
     let mut response = Response::new(ProxyBody::full(body, Some(log)));
     *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     if len > 0 {
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     response
 }
 
@@ -304,8 +343,14 @@ async fn forward(
         return Err(Failure::NoHealthyUpstream);
     }
     let policy = &route.retry;
-    let retry_connect = policy.retry_on.iter().any(|c| c == "connect-failure" || c == "reset" || c == "5xx" || c == "gateway-error");
-    let retry_reset = policy.retry_on.iter().any(|c| c == "reset" || c == "5xx" || c == "refused-stream");
+    let retry_connect = policy
+        .retry_on
+        .iter()
+        .any(|c| c == "connect-failure" || c == "reset" || c == "5xx" || c == "gateway-error");
+    let retry_reset = policy
+        .retry_on
+        .iter()
+        .any(|c| c == "reset" || c == "5xx" || c == "refused-stream");
     let retry_status = |status: u16| {
         policy.retriable_status_codes.contains(&status) && policy.retry_on.iter().any(|c| c == "retriable-status-codes")
             || (status >= 500 && policy.retry_on.iter().any(|c| c == "5xx"))
@@ -319,7 +364,9 @@ async fn forward(
     let mut last: Failure;
     let started = Instant::now();
     loop {
-        let Some(addr) = rt.pick(&endpoints, &tried) else { return Err(Failure::NoHealthyUpstream) };
+        let Some(addr) = rt.pick(&endpoints, &tried) else {
+            return Err(Failure::NoHealthyUpstream);
+        };
         tried.push(addr);
         log.record.upstream_host = Some(addr);
         let host = rt.host_stats(addr);
@@ -328,14 +375,20 @@ async fn forward(
         let mut sender = match checkout {
             None => return Err(Failure::Timeout),
             Some(Err(CheckoutError::Connect(error))) => {
-                last = Failure::Connect { error, retried: attempt > 0 };
+                last = Failure::Connect {
+                    error,
+                    retried: attempt > 0,
+                };
                 if can_retry && retry_connect {
                     attempt += 1;
                     rt.stats.upstream_rq_retry.inc();
                     continue;
                 }
                 if let Failure::Connect { error, .. } = last {
-                    return Err(Failure::Connect { error, retried: attempt > 0 });
+                    return Err(Failure::Connect {
+                        error,
+                        retried: attempt > 0,
+                    });
                 }
                 return Err(last);
             }
@@ -345,7 +398,10 @@ async fn forward(
                     rt.stats.upstream_rq_retry.inc();
                     continue;
                 }
-                return Err(Failure::Tls { reason, retried: attempt > 0 });
+                return Err(Failure::Tls {
+                    reason,
+                    retried: attempt > 0,
+                });
             }
             Some(Err(CheckoutError::Handshake(_))) => {
                 last = Failure::ResetBeforeResponse { retried: attempt > 0 };
@@ -358,7 +414,11 @@ async fn forward(
             Some(Ok((sender, _new))) => sender,
         };
         log.record.upstream_local_address = sender.local_addr();
-        let Some(req_body) = (if body_empty { Some(UpstreamBody::new(http_body_util::Empty::new().map_err(|e| match e {}))) } else { body.take() }) else {
+        let Some(req_body) = (if body_empty {
+            Some(UpstreamBody::new(http_body_util::Empty::new().map_err(|e| match e {})))
+        } else {
+            body.take()
+        }) else {
             return Err(last_or_reset(attempt));
         };
         let request = upstream_request(&parts, req_body, authority, sender.is_http2());
@@ -375,7 +435,11 @@ async fn forward(
         match sent {
             None => {
                 host.rq_timeout.fetch_add(1, Ordering::Relaxed);
-                if can_retry && deadline.is_none_or(|d| Instant::now() < d) && policy.per_try_timeout.is_some() && body_empty {
+                if can_retry
+                    && deadline.is_none_or(|d| Instant::now() < d)
+                    && policy.per_try_timeout.is_some()
+                    && body_empty
+                {
                     attempt += 1;
                     rt.stats.upstream_rq_retry.inc();
                     continue;
@@ -420,12 +484,19 @@ async fn with_deadline<F: std::future::Future>(deadline: Option<Instant>, f: F) 
     }
 }
 
-fn upstream_request(parts: &http::request::Parts, body: UpstreamBody, authority: &str, http2: bool) -> Request<UpstreamBody> {
+fn upstream_request(
+    parts: &http::request::Parts,
+    body: UpstreamBody,
+    authority: &str,
+    http2: bool,
+) -> Request<UpstreamBody> {
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut builder = Request::builder().method(parts.method.clone());
     let mut headers = parts.headers.clone();
     if http2 {
-        builder = builder.version(Version::HTTP_2).uri(format!("http://{authority}{path}"));
+        builder = builder
+            .version(Version::HTTP_2)
+            .uri(format!("http://{authority}{path}"));
         headers.remove(header::HOST);
     } else {
         builder = builder.version(Version::HTTP_11).uri(path);
@@ -433,7 +504,9 @@ fn upstream_request(parts: &http::request::Parts, body: UpstreamBody, authority:
             headers.insert(header::HOST, v);
         }
     }
-    let mut request = builder.body(body).unwrap_or_else(|_| Request::new(UpstreamBody::new(http_body_util::Empty::new().map_err(|e| match e {}))));
+    let mut request = builder
+        .body(body)
+        .unwrap_or_else(|_| Request::new(UpstreamBody::new(http_body_util::Empty::new().map_err(|e| match e {}))));
     *request.headers_mut() = headers;
     request
 }

@@ -92,7 +92,10 @@ impl Failure {
                     status: 503,
                     body: reset_body("connection failure", *retried),
                     flags,
-                    details: format!("upstream_reset_before_response_started{{connection_failure|TLS_error:_{reason}}}").into(),
+                    details: format!(
+                        "upstream_reset_before_response_started{{connection_failure|TLS_error:_{reason}}}"
+                    )
+                    .into(),
                     transport_failure: Some(format!("TLS_error: {reason}").into()),
                 }
             }
@@ -134,9 +137,15 @@ fn reset_body(reason: &str, retried: bool) -> &'static str {
     macro_rules! body {
         ($reason:literal) => {
             if retried {
-                concat!("upstream connect error or disconnect/reset before headers. retried and the latest reset reason: ", $reason)
+                concat!(
+                    "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: ",
+                    $reason
+                )
             } else {
-                concat!("upstream connect error or disconnect/reset before headers. reset reason: ", $reason)
+                concat!(
+                    "upstream connect error or disconnect/reset before headers. reset reason: ",
+                    $reason
+                )
             }
         };
     }
@@ -157,9 +166,17 @@ mod tests {
     #[test]
     fn bodies_match_envoy_byte_for_byte() {
         let refused = ConnectError::Refused("Connection refused".into());
-        let once = Failure::Connect { error: refused.clone(), retried: false }.reply();
+        let once = Failure::Connect {
+            error: refused.clone(),
+            retried: false,
+        }
+        .reply();
         assert_eq!(once.body.len(), 98, "{}", once.body);
-        let retried = Failure::Connect { error: refused, retried: true }.reply();
+        let retried = Failure::Connect {
+            error: refused,
+            retried: true,
+        }
+        .reply();
         assert_eq!(retried.body.len(), 121, "{}", retried.body);
         assert_eq!(
             retried.details,

@@ -106,7 +106,11 @@ where
         return Some((replayed, 0));
     }
     session.replay = Vec::new();
-    let mut downstream = Counted { inner: &mut session.downstream, read: 0, written: 0 };
+    let mut downstream = Counted {
+        inner: &mut session.downstream,
+        read: 0,
+        written: 0,
+    };
     if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         // A reset on either side ends both; what was copied until then still counts.
         tracing::debug!(error = %e, cluster = %rt.name, "tcp proxy ended with an error");
@@ -148,7 +152,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
         polled
     }
 
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
     }
 

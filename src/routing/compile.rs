@@ -29,11 +29,7 @@ impl CompileError {
 impl fmt::Display for CompileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.errors().count();
-        writeln!(
-            f,
-            "{count} error{} in the config:",
-            if count == 1 { "" } else { "s" }
-        )?;
+        writeln!(f, "{count} error{} in the config:", if count == 1 { "" } else { "s" })?;
         for d in self.errors() {
             writeln!(f, "{d}")?;
         }
@@ -75,20 +71,13 @@ pub(crate) struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    pub fn error(
-        &mut self,
-        r: &Resource,
-        field: &str,
-        message: impl Into<String>,
-        fix: impl Into<String>,
-    ) {
+    pub fn error(&mut self, r: &Resource, field: &str, message: impl Into<String>, fix: impl Into<String>) {
         let d = r.diagnostic(Severity::Error, field, message).with_fix(fix);
         self.diagnostics.push(d);
     }
 
     pub fn warn(&mut self, r: &Resource, field: &str, message: impl Into<String>) {
-        self.diagnostics
-            .push(r.diagnostic(Severity::Warning, field, message));
+        self.diagnostics.push(r.diagnostic(Severity::Warning, field, message));
     }
 
     /// A field that is parsed and shown but that the data plane does not act on yet.
@@ -180,10 +169,7 @@ pub(crate) fn port(cx: &mut Cx<'_>, r: &Resource, field: &str, value: Option<u32
 }
 
 /// Label selector semantics: every selector label must be on the workload.
-pub(crate) fn selects(
-    selector: &BTreeMap<String, String>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
+pub(crate) fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 

@@ -115,10 +115,7 @@ mod tests {
         assert!(matches("*.cnn.com", "edition.cnn.com"));
         assert!(!matches("*.cnn.com", "cnn.com"));
         assert!(matches("*", "x"));
-        assert_eq!(
-            intersect("*.cnn.com", "edition.cnn.com"),
-            Some("edition.cnn.com")
-        );
+        assert_eq!(intersect("*.cnn.com", "edition.cnn.com"), Some("edition.cnn.com"));
         assert_eq!(intersect("edition.cnn.com", "*"), Some("edition.cnn.com"));
         assert_eq!(intersect("*.a.com", "*.b.a.com"), Some("*.b.a.com"));
         assert_eq!(intersect("a.com", "b.com"), None);
@@ -126,12 +123,7 @@ mod tests {
 
     #[test]
     fn index_prefers_exact_then_longest_wildcard() {
-        let index = HostIndex::new([
-            ("*.com", 0),
-            ("*.cnn.com", 1),
-            ("edition.cnn.com", 2),
-            ("*", 3),
-        ]);
+        let index = HostIndex::new([("*.com", 0), ("*.cnn.com", 1), ("edition.cnn.com", 2), ("*", 3)]);
         assert_eq!(index.find("edition.cnn.com"), Some(2));
         assert_eq!(index.find("EDITION.cnn.com"), Some(2));
         assert_eq!(index.find("money.cnn.com"), Some(1));

@@ -36,12 +36,7 @@ impl StrMatch {
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
                 .map(StrMatch::Regex)
-                .map_err(|e| {
-                    format!(
-                        "invalid regex: {}",
-                        e.to_string().lines().last().unwrap_or("")
-                    )
-                }),
+                .map_err(|e| format!("invalid regex: {}", e.to_string().lines().last().unwrap_or(""))),
             (None, None, None) => Err("set one of exact, prefix or regex".into()),
             _ => Err("set only one of exact, prefix or regex".into()),
         }
@@ -58,9 +53,7 @@ impl StrMatch {
     fn matches_ignore_case(&self, value: &str) -> bool {
         match self {
             StrMatch::Exact(e) => e.eq_ignore_ascii_case(value),
-            StrMatch::Prefix(p) => value
-                .get(..p.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(p)),
+            StrMatch::Prefix(p) => value.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p)),
             StrMatch::Regex(r) => r.is_match(value),
         }
     }
@@ -124,10 +117,7 @@ impl RouteMatch {
             }
         }
         if self.method.as_ref().is_some_and(|m| !m.matches(req.method))
-            || self
-                .authority
-                .as_ref()
-                .is_some_and(|a| !a.matches(req.authority))
+            || self.authority.as_ref().is_some_and(|a| !a.matches(req.authority))
             || self.scheme.as_ref().is_some_and(|s| !s.matches(req.scheme))
         {
             return false;

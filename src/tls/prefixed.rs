@@ -42,11 +42,7 @@ impl<S> Prefixed<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let unread = this.prefix.get(this.consumed..).unwrap_or_default();
         if unread.is_empty() {
@@ -65,11 +61,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -140,9 +132,7 @@ mod tests {
     async fn tls_handshake_succeeds_after_the_hello_was_peeked() {
         let certified = rcgen::generate_simple_self_signed(vec!["edition.cnn.com".into()]).unwrap();
         let cert = certified.cert.der().clone();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            certified.signing_key.serialize_der(),
-        ));
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
         let provider = Arc::new(default_provider());
         let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -175,10 +165,7 @@ mod tests {
             .unwrap();
         assert_eq!(info.server_name.as_deref(), Some("edition.cnn.com"));
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
-        let mut tls = acceptor
-            .accept(Prefixed::new(replay, server_io))
-            .await
-            .unwrap();
+        let mut tls = acceptor.accept(Prefixed::new(replay, server_io)).await.unwrap();
         let mut ping = [0u8; 4];
         tls.read_exact(&mut ping).await.unwrap();
         assert_eq!(&ping, b"ping");

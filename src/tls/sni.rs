@@ -305,10 +305,7 @@ pub(crate) mod tests {
     /// record takes the rest), as a client with a small record size limit would send it.
     pub(crate) fn reframe(hello: &[u8], sizes: &[usize]) -> Vec<u8> {
         let mut message = &hello[RECORD_HEADER_LEN..];
-        assert_eq!(
-            message.len(),
-            usize::from(u16::from_be_bytes([hello[3], hello[4]]))
-        );
+        assert_eq!(message.len(), usize::from(u16::from_be_bytes([hello[3], hello[4]])));
         let mut out = Vec::new();
         for &size in sizes.iter().chain(std::iter::once(&usize::MAX)) {
             let (payload, rest) = message.split_at(size.min(message.len()));
@@ -352,11 +349,7 @@ pub(crate) mod tests {
             classic.len(),
             hello.len()
         );
-        assert!(
-            (1200..=1800).contains(&hello.len()),
-            "{} bytes",
-            hello.len()
-        );
+        assert!((1200..=1800).contains(&hello.len()), "{} bytes", hello.len());
         assert_cnn(&complete(parse_client_hello(&hello)));
     }
 
@@ -364,11 +357,7 @@ pub(crate) mod tests {
     fn hello_fed_one_byte_at_a_time_is_incomplete_until_its_last_byte() {
         let hello = rustls_client_hello("edition.cnn.com", true);
         for end in 0..hello.len() {
-            assert_eq!(
-                parse_client_hello(&hello[..end]),
-                Parsed::Incomplete,
-                "at {end}"
-            );
+            assert_eq!(parse_client_hello(&hello[..end]), Parsed::Incomplete, "at {end}");
         }
         assert_cnn(&complete(parse_client_hello(&hello)));
     }
@@ -411,10 +400,7 @@ pub(crate) mod tests {
             b"SSH-2.0-OpenSSH_9.6\r\n",
         ];
         for bytes in cases {
-            assert_eq!(
-                parse_client_hello(&bytes[..1]),
-                Parsed::Invalid(Refusal::NotTls)
-            );
+            assert_eq!(parse_client_hello(&bytes[..1]), Parsed::Invalid(Refusal::NotTls));
             assert_eq!(parse_client_hello(bytes), Parsed::Invalid(Refusal::NotTls));
         }
     }
@@ -435,29 +421,19 @@ pub(crate) mod tests {
             ("ServerHello", &server_hello),
         ];
         for (name, bytes) in cases {
-            assert_eq!(
-                parse_client_hello(bytes),
-                Parsed::Invalid(Refusal::Malformed),
-                "{name}"
-            );
+            assert_eq!(parse_client_hello(bytes), Parsed::Invalid(Refusal::Malformed), "{name}");
         }
     }
 
     #[test]
     fn truncated_hello_is_incomplete_and_inconsistent_lengths_are_malformed() {
         let hello = rustls_client_hello("edition.cnn.com", false);
-        assert_eq!(
-            parse_client_hello(&hello[..hello.len() - 1]),
-            Parsed::Incomplete
-        );
+        assert_eq!(parse_client_hello(&hello[..hello.len() - 1]), Parsed::Incomplete);
         // The record ends where it says, but the handshake message claims one byte less than the
         // record holds: the body parser sees no room for the last extension.
         let mut short_message = hello.clone();
         short_message[8] -= 1;
-        assert_eq!(
-            parse_client_hello(&short_message),
-            Parsed::Invalid(Refusal::Malformed)
-        );
+        assert_eq!(parse_client_hello(&short_message), Parsed::Invalid(Refusal::Malformed));
     }
 
     #[test]
@@ -518,10 +494,7 @@ pub(crate) mod tests {
         client.write_all(&hello[..600]).await.unwrap();
         drop(client);
         let error = read_client_hello(&mut server, 4096).await.unwrap_err();
-        assert!(
-            matches!(error, SniError::ClosedEarly { received: 600 }),
-            "{error}"
-        );
+        assert!(matches!(error, SniError::ClosedEarly { received: 600 }), "{error}");
         assert_eq!(error.as_str(), "closed_early");
 
         let (mut client, mut server) = tokio::io::duplex(4096);
@@ -532,10 +505,7 @@ pub(crate) mod tests {
         let (mut client, mut server) = tokio::io::duplex(64 * 1024);
         client.write_all(&hello).await.unwrap();
         let error = read_client_hello(&mut server, 1024).await.unwrap_err();
-        assert!(
-            matches!(error, SniError::Refused(Refusal::TooLarge)),
-            "{error}"
-        );
+        assert!(matches!(error, SniError::Refused(Refusal::TooLarge)), "{error}");
     }
 
     /// Writes the seed corpus for `fuzz/fuzz_targets/client_hello.rs`. Run once with

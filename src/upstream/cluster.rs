@@ -146,7 +146,9 @@ impl ClusterRuntime {
         let i = match self.config.load_balancer {
             LoadBalancer::Random => fastrand::usize(..pool.len()),
             // Least request falls back to round robin until per-host load is tracked.
-            LoadBalancer::RoundRobin | LoadBalancer::LeastRequest => self.next.fetch_add(1, Ordering::Relaxed) % pool.len(),
+            LoadBalancer::RoundRobin | LoadBalancer::LeastRequest => {
+                self.next.fetch_add(1, Ordering::Relaxed) % pool.len()
+            }
         };
         Some(pool[i])
     }
@@ -270,7 +272,11 @@ impl AsyncWrite for CountedStream {
         result
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = &result {
             self.tx.add(*n as u64);
@@ -303,7 +309,12 @@ pub struct ClusterManager {
 
 impl ClusterManager {
     pub fn new(store: Store, resolver: Resolver, certs_dir: std::path::PathBuf) -> ClusterManager {
-        ClusterManager { store, resolver, certs_dir, clusters: Mutex::new(HashMap::new()) }
+        ClusterManager {
+            store,
+            resolver,
+            certs_dir,
+            clusters: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The runtime of a compiled cluster, created on first use.
@@ -314,7 +325,12 @@ impl ClusterManager {
                 return rt.clone();
             }
         }
-        let rt = Arc::new(ClusterRuntime::new(config.clone(), &self.store, &self.resolver, &self.certs_dir));
+        let rt = Arc::new(ClusterRuntime::new(
+            config.clone(),
+            &self.store,
+            &self.resolver,
+            &self.certs_dir,
+        ));
         clusters.insert(rt.name.clone(), rt.clone());
         rt
     }

@@ -149,9 +149,7 @@ impl Resolver {
         // Two tries per lookup fit in `query_timeout`, which `lookup` enforces as a whole.
         options.attempts = 2;
         options.timeout = (config.query_timeout / 2).max(Duration::from_millis(100));
-        let inner = builder
-            .build()
-            .map_err(|e| DnsError::SystemConfig(e.to_string()))?;
+        let inner = builder.build().map_err(|e| DnsError::SystemConfig(e.to_string()))?;
         Ok(Self {
             inner,
             min_ttl: config.min_ttl,
@@ -191,9 +189,7 @@ impl Resolver {
             }
             Ok(Err(NetError::Dns(HickoryDnsError::NoRecordsFound(none)))) => Ok(Resolved {
                 addrs: Vec::new(),
-                ttl: none
-                    .negative_ttl
-                    .map_or(self.failure_refresh, |secs| self.clamp(secs)),
+                ttl: none.negative_ttl.map_or(self.failure_refresh, |secs| self.clamp(secs)),
             }),
             Ok(Err(e)) => Err(DnsError::Lookup {
                 host: host.to_owned(),
@@ -252,10 +248,7 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<DnsConfig>(bad).is_err(), "{bad}");
         }
-        assert_eq!(
-            serde_json::from_str::<DnsConfig>("{}").unwrap(),
-            DnsConfig::default()
-        );
+        assert_eq!(serde_json::from_str::<DnsConfig>("{}").unwrap(), DnsConfig::default());
     }
 
     #[test]
@@ -307,9 +300,6 @@ mod tests {
         let started = std::time::Instant::now();
         let err = r.lookup("edition.cnn.com").await.expect_err("no server");
         assert!(started.elapsed() < Duration::from_secs(2), "{err}");
-        assert!(matches!(
-            err,
-            DnsError::Timeout { .. } | DnsError::Lookup { .. }
-        ));
+        assert!(matches!(err, DnsError::Timeout { .. } | DnsError::Lookup { .. }));
     }
 }

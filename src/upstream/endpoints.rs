@@ -99,12 +99,7 @@ pub struct DnsEndpoints {
 impl DnsEndpoints {
     /// Starts resolving `host` at once and keeps it resolved. Must be called inside a tokio
     /// runtime; use `wait_first` before the first connection.
-    pub fn spawn(
-        resolver: Resolver,
-        host: impl Into<String>,
-        port: u16,
-        mode: DnsMode,
-    ) -> Arc<Self> {
+    pub fn spawn(resolver: Resolver, host: impl Into<String>, port: u16, mode: DnsMode) -> Arc<Self> {
         let this = Arc::new(Self::idle(host.into(), port, mode));
         tokio::spawn(refresh(resolver, Arc::downgrade(&this), this.stop.clone()));
         this
@@ -192,11 +187,8 @@ impl DnsEndpoints {
                 let keep_last = resolved.addrs.is_empty() && self.mode == DnsMode::Logical;
                 if !keep_last {
                     let port = self.port;
-                    let mut next: Vec<SocketAddr> = resolved
-                        .addrs
-                        .iter()
-                        .map(|ip| SocketAddr::new(*ip, port))
-                        .collect();
+                    let mut next: Vec<SocketAddr> =
+                        resolved.addrs.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
                     match self.mode {
                         // Servers rotate round-robin records on every answer; a sorted set keeps
                         // an unchanged answer unchanged (and `/clusters` stable).
@@ -307,10 +299,7 @@ mod tests {
         assert_eq!(e.apply(failure(), RETRY), RETRY);
         assert_eq!(e.apply(failure(), RETRY), RETRY);
         assert_eq!(*e.current(), *addrs(&["127.0.0.2:443"]));
-        assert_eq!(
-            (e.resolutions(), e.failures(), e.consecutive_failures()),
-            (3, 2, 2)
-        );
+        assert_eq!((e.resolutions(), e.failures(), e.consecutive_failures()), (3, 2, 2));
         assert!(e.last_error().unwrap().to_string().contains("SERVFAIL"));
 
         e.apply(answer(&["127.0.0.4"], 30), RETRY);

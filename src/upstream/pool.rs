@@ -21,13 +21,26 @@ pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 /// Connections are shared per endpoint and, with TLS origination, per SNI.
 pub type PoolKey = (SocketAddr, Option<Arc<str>>);
 
+/// An idle HTTP/1.1 connection: its sender, requests carried so far, and local address.
+type IdleHttp1 = (http1::SendRequest<UpstreamBody>, u32, Option<SocketAddr>);
+/// The shared HTTP/2 connection of an endpoint and its local address.
+type SharedHttp2 = (http2::SendRequest<UpstreamBody>, Option<SocketAddr>);
+
 /// Idle HTTP/1.1 connections kept per endpoint (beyond that they are closed).
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// A connection ready to carry one request.
 pub enum Sender {
-    Http1 { send: http1::SendRequest<UpstreamBody>, uses: u32, local: Option<SocketAddr>, key: PoolKey },
-    Http2 { send: http2::SendRequest<UpstreamBody>, local: Option<SocketAddr> },
+    Http1 {
+        send: http1::SendRequest<UpstreamBody>,
+        uses: u32,
+        local: Option<SocketAddr>,
+        key: PoolKey,
+    },
+    Http2 {
+        send: http2::SendRequest<UpstreamBody>,
+        local: Option<SocketAddr>,
+    },
 }
 
 impl Sender {
@@ -59,8 +72,8 @@ impl Sender {
 pub struct Pool {
     protocol: UpstreamProtocol,
     max_requests_per_connection: Option<u32>,
-    idle: Mutex<HashMap<PoolKey, Vec<(http1::SendRequest<UpstreamBody>, u32, Option<SocketAddr>)>>>,
-    shared: Mutex<HashMap<PoolKey, (http2::SendRequest<UpstreamBody>, Option<SocketAddr>)>>,
+    idle: Mutex<HashMap<PoolKey, Vec<IdleHttp1>>>,
+    shared: Mutex<HashMap<PoolKey, SharedHttp2>>,
 }
 
 impl Pool {
@@ -130,7 +143,12 @@ impl Pool {
         Ok((sender, true))
     }
 
-    async fn handshake<I>(&self, io: TokioIo<I>, local: Option<SocketAddr>, key: &PoolKey) -> Result<Sender, CheckoutError>
+    async fn handshake<I>(
+        &self,
+        io: TokioIo<I>,
+        local: Option<SocketAddr>,
+        key: &PoolKey,
+    ) -> Result<Sender, CheckoutError>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -145,15 +163,22 @@ impl Pool {
             shared.insert(key.clone(), (send.clone(), local));
             Ok(Sender::Http2 { send, local })
         } else {
-            let (send, conn) = http1::handshake(io).await.map_err(|e| CheckoutError::Handshake(e.to_string()))?;
+            let (send, conn) = http1::handshake(io)
+                .await
+                .map_err(|e| CheckoutError::Handshake(e.to_string()))?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            Ok(Sender::Http1 { send, uses: 0, local, key: key.clone() })
+            Ok(Sender::Http1 {
+                send,
+                uses: 0,
+                local,
+                key: key.clone(),
+            })
         }
     }
 
-    fn idle_ready(&self, key: &PoolKey) -> Option<(http1::SendRequest<UpstreamBody>, u32, Option<SocketAddr>)> {
+    fn idle_ready(&self, key: &PoolKey) -> Option<IdleHttp1> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
         // Newest first: the most recently used connection is the least likely to have been
@@ -174,7 +199,7 @@ impl Pool {
         found
     }
 
-    fn shared_ready(&self, key: &PoolKey) -> Option<(http2::SendRequest<UpstreamBody>, Option<SocketAddr>)> {
+    fn shared_ready(&self, key: &PoolKey) -> Option<SharedHttp2> {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         match shared.get(key) {
             Some((send, _)) if send.is_closed() => {
@@ -189,7 +214,9 @@ impl Pool {
     /// Returns an HTTP/1.1 connection after its response headers arrived; it becomes reusable
     /// once that response's body has been read (hyper reports it ready then).
     pub fn checkin(&self, sender: Sender) {
-        let Sender::Http1 { send, uses, local, key } = sender else { return };
+        let Sender::Http1 { send, uses, local, key } = sender else {
+            return;
+        };
         if send.is_closed() || self.max_requests_per_connection.is_some_and(|max| uses >= max) {
             return;
         }

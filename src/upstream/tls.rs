@@ -14,7 +14,11 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use crate::routing::snapshot::{UpstreamProtocol, UpstreamTls, UpstreamTlsMode};
 
 /// Builds the client config of a cluster. The error says which file or setting is wrong.
-pub fn client_config(tls: &UpstreamTls, protocol: UpstreamProtocol, certs_dir: &Path) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(
+    tls: &UpstreamTls,
+    protocol: UpstreamProtocol,
+    certs_dir: &Path,
+) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let (ca_file, client_files) = match tls.mode {
         UpstreamTlsMode::IstioMutual => (
@@ -58,7 +62,11 @@ pub fn client_config(tls: &UpstreamTls, protocol: UpstreamProtocol, certs_dir: &
         if tls.subject_alt_names.is_empty() && !identity {
             webpki
         } else {
-            Arc::new(SanVerifier { inner: webpki, sans: tls.subject_alt_names.clone(), any_name: identity })
+            Arc::new(SanVerifier {
+                inner: webpki,
+                sans: tls.subject_alt_names.clone(),
+                any_name: identity,
+            })
         }
     };
     let builder = ClientConfig::builder_with_provider(provider)
@@ -115,7 +123,10 @@ impl ServerCertVerifier for SanVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         // Chain first (the name check is ours): webpki reports a name mismatch only after the
         // chain verified, so that error means "chain fine, name not ours".
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Ok(v) if self.sans.is_empty() => return Ok(v),
             Ok(_) => {}
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
@@ -129,15 +140,27 @@ impl ServerCertVerifier for SanVerifier {
         if self.sans.iter().any(|san| names.iter().any(|n| n == san)) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ))
         }
     }
 
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(m, c, d)
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(m, c, d)
     }
 
@@ -162,11 +185,21 @@ impl ServerCertVerifier for NoVerification {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
     }
 
@@ -178,7 +211,11 @@ impl ServerCertVerifier for NoVerification {
 /// DNS and URI subject alternative names of a certificate.
 pub fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
     match webpki::EndEntityCert::try_from(der) {
-        Ok(cert) => cert.valid_dns_names().chain(cert.valid_uri_names()).map(str::to_string).collect(),
+        Ok(cert) => cert
+            .valid_dns_names()
+            .chain(cert.valid_uri_names())
+            .map(str::to_string)
+            .collect(),
         Err(_) => Vec::new(),
     }
 }

@@ -162,25 +162,13 @@ impl Zone {
             }
             match rtype {
                 RecordType::A => {
-                    for (ip, ttl) in node
-                        .a
-                        .iter()
-                        .flat_map(|(ips, t)| ips.iter().map(|ip| (*ip, *t)))
-                    {
+                    for (ip, ttl) in node.a.iter().flat_map(|(ips, t)| ips.iter().map(|ip| (*ip, *t))) {
                         records.push(Record::from_rdata(owner.clone(), ttl, RData::A(A(ip))));
                     }
                 }
                 RecordType::AAAA => {
-                    for (ip, ttl) in node
-                        .aaaa
-                        .iter()
-                        .flat_map(|(ips, t)| ips.iter().map(|ip| (*ip, *t)))
-                    {
-                        records.push(Record::from_rdata(
-                            owner.clone(),
-                            ttl,
-                            RData::AAAA(AAAA(ip)),
-                        ));
+                    for (ip, ttl) in node.aaaa.iter().flat_map(|(ips, t)| ips.iter().map(|ip| (*ip, *t))) {
+                        records.push(Record::from_rdata(owner.clone(), ttl, RData::AAAA(AAAA(ip))));
                     }
                 }
                 _ => {}
@@ -213,11 +201,7 @@ struct Handler {
 }
 
 impl Handler {
-    async fn respond<R: ResponseHandler>(
-        &self,
-        request: &Request,
-        mut response: R,
-    ) -> ResponseInfo {
+    async fn respond<R: ResponseHandler>(&self, request: &Request, mut response: R) -> ResponseInfo {
         self.zone.queries.fetch_add(1, Ordering::SeqCst);
         let mut metadata = Metadata::response_from_request(&request.metadata);
         let Some(query) = request.queries.queries().first() else {

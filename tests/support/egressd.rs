@@ -241,11 +241,21 @@ impl Egressd {
         }
     }
 
-    /// SIGTERM to the child only, then SIGKILL if it has not exited within 2 s; reaps it.
+    /// `POST /quitquitquit` (immediate exit, no drain), then SIGTERM to the child only, then
+    /// SIGKILL if it has not exited within 2 s; reaps it.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         if let Ok(Some(status)) = child.try_wait() {
             return Some(status);
+        }
+        if super::tools::http_request(self.admin, "POST", "/quitquitquit", &[], b"").is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < deadline {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Some(status);
+                }
+                std::thread::sleep(POLL);
+            }
         }
         // The child is not reaped yet, so its pid cannot have been reused by another process.
         signal_term(self.pid);

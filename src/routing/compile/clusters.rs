@@ -11,8 +11,8 @@ use crate::config::service_entry::{ServiceEntrySpec, WorkloadEntry};
 use crate::config::{Resource, Spec};
 use crate::routing::host;
 use crate::routing::snapshot::{
-    Cluster, Discovery, DnsTarget, LoadBalancer, PoolLimits, StaticEndpoint, UpstreamProtocol,
-    UpstreamTls, UpstreamTlsMode,
+    Cluster, Discovery, DnsTarget, LoadBalancer, PoolLimits, StaticEndpoint, UpstreamProtocol, UpstreamTls,
+    UpstreamTlsMode,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +91,11 @@ impl<'a> Registry<'a> {
                         .resource
                         .map(Resource::id)
                         .unwrap_or_else(|| "the gateway's own Service".into());
-                    cx.warn(r, "spec.hosts", format!("host `{host}` is already defined by {first}; this entry is ignored for it"));
+                    cx.warn(
+                        r,
+                        "spec.hosts",
+                        format!("host `{host}` is already defined by {first}; this entry is ignored for it"),
+                    );
                     continue;
                 }
                 services.insert(host, service);
@@ -99,7 +103,7 @@ impl<'a> Registry<'a> {
         }
         let mut rules = Vec::new();
         for (r, dr) in of_kind(resources, |s| match s {
-            Spec::DestinationRule(dr) => Some(dr),
+            Spec::DestinationRule(dr) => Some(&**dr),
             _ => None,
         }) {
             let Some(raw_host) = dr.host.as_deref().filter(|h| !h.is_empty()) else {
@@ -156,11 +160,7 @@ impl<'a> Registry<'a> {
     }
 }
 
-fn service_entry<'a>(
-    cx: &mut Cx<'_>,
-    r: &'a Resource,
-    se: &'a ServiceEntrySpec,
-) -> Vec<(String, Service<'a>)> {
+fn service_entry<'a>(cx: &mut Cx<'_>, r: &'a Resource, se: &'a ServiceEntrySpec) -> Vec<(String, Service<'a>)> {
     if se.hosts.is_empty() {
         cx.error(
             r,
@@ -190,11 +190,7 @@ fn service_entry<'a>(
         let Some(number) = port(cx, r, &format!("{field}.number"), p.number) else {
             continue;
         };
-        let protocol = p
-            .protocol
-            .clone()
-            .unwrap_or_else(|| "TCP".into())
-            .to_ascii_uppercase();
+        let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into()).to_ascii_uppercase();
         if !KNOWN_PROTOCOLS.contains(&protocol.as_str()) {
             cx.error(
                 r,
@@ -242,12 +238,7 @@ fn service_entry<'a>(
             );
         }
         for (name, p) in &e.ports {
-            port(
-                cx,
-                r,
-                &format!("spec.endpoints[{i}].ports.{name}"),
-                Some(*p),
-            );
+            port(cx, r, &format!("spec.endpoints[{i}].ports.{name}"), Some(*p));
         }
         if e.network.is_some() || e.locality.is_some() || !e.labels.is_empty() {
             cx.not_enforced(
@@ -257,8 +248,7 @@ fn service_entry<'a>(
             );
         }
     }
-    if resolution == Resolution::Static && se.endpoints.is_empty() && se.workload_selector.is_none()
-    {
+    if resolution == Resolution::Static && se.endpoints.is_empty() && se.workload_selector.is_none() {
         cx.error(
             r,
             "spec.endpoints",
@@ -274,21 +264,13 @@ fn service_entry<'a>(
         );
     }
     if !se.export_to.is_empty() {
-        cx.not_enforced(
-            r,
-            "spec.exportTo",
-            "exportTo (a gateway sees every namespace)",
-        );
+        cx.not_enforced(r, "spec.exportTo", "exportTo (a gateway sees every namespace)");
     }
     if !se.subject_alt_names.is_empty() {
         cx.not_enforced(r, "spec.subjectAltNames", "ServiceEntry subjectAltNames");
     }
     if !se.addresses.is_empty() {
-        cx.not_enforced(
-            r,
-            "spec.addresses",
-            "addresses (the gateway routes by Host and SNI)",
-        );
+        cx.not_enforced(r, "spec.addresses", "addresses (the gateway routes by Host and SNI)");
     }
     let mut out: Vec<(String, Service<'a>)> = Vec::new();
     for (i, raw_host) in se.hosts.iter().enumerate() {
@@ -381,11 +363,7 @@ fn validate_rule(cx: &mut Cx<'_>, r: &Resource, dr: &DestinationRuleSpec) {
         validate_policy(cx, r, "spec.trafficPolicy", tp);
     }
     if !dr.export_to.is_empty() {
-        cx.not_enforced(
-            r,
-            "spec.exportTo",
-            "exportTo (a gateway sees every namespace)",
-        );
+        cx.not_enforced(r, "spec.exportTo", "exportTo (a gateway sees every namespace)");
     }
     if dr.workload_selector.is_some() {
         cx.not_enforced(r, "spec.workloadSelector", "workloadSelector");
@@ -394,18 +372,8 @@ fn validate_rule(cx: &mut Cx<'_>, r: &Resource, dr: &DestinationRuleSpec) {
 
 fn validate_policy(cx: &mut Cx<'_>, r: &Resource, field: &str, tp: &TrafficPolicy) {
     check_tls(cx, r, &format!("{field}.tls"), tp.tls.as_ref());
-    check_lb(
-        cx,
-        r,
-        &format!("{field}.loadBalancer"),
-        tp.load_balancer.as_ref(),
-    );
-    check_pool(
-        cx,
-        r,
-        &format!("{field}.connectionPool"),
-        tp.connection_pool.as_ref(),
-    );
+    check_lb(cx, r, &format!("{field}.loadBalancer"), tp.load_balancer.as_ref());
+    check_pool(cx, r, &format!("{field}.connectionPool"), tp.connection_pool.as_ref());
     if tp.outlier_detection.is_some() {
         cx.not_enforced(r, &format!("{field}.outlierDetection"), "outlierDetection");
     }
@@ -424,18 +392,8 @@ fn validate_policy(cx: &mut Cx<'_>, r: &Resource, field: &str, tp: &TrafficPolic
             p.port.as_ref().and_then(|p| p.number),
         );
         check_tls(cx, r, &format!("{pf}.tls"), p.tls.as_ref());
-        check_lb(
-            cx,
-            r,
-            &format!("{pf}.loadBalancer"),
-            p.load_balancer.as_ref(),
-        );
-        check_pool(
-            cx,
-            r,
-            &format!("{pf}.connectionPool"),
-            p.connection_pool.as_ref(),
-        );
+        check_lb(cx, r, &format!("{pf}.loadBalancer"), p.load_balancer.as_ref());
+        check_pool(cx, r, &format!("{pf}.connectionPool"), p.connection_pool.as_ref());
         if p.outlier_detection.is_some() {
             cx.not_enforced(r, &format!("{pf}.outlierDetection"), "outlierDetection");
         }
@@ -447,9 +405,7 @@ fn check_tls(cx: &mut Cx<'_>, r: &Resource, field: &str, tls: Option<&ClientTls>
     match tls.mode.as_deref().unwrap_or("DISABLE") {
         "DISABLE" | "SIMPLE" | "ISTIO_MUTUAL" => {}
         "MUTUAL" => {
-            if tls.credential_name.is_none()
-                && (tls.client_certificate.is_none() || tls.private_key.is_none())
-            {
+            if tls.credential_name.is_none() && (tls.client_certificate.is_none() || tls.private_key.is_none()) {
                 cx.error(
                     r,
                     &format!("{field}.mode"),
@@ -477,22 +433,12 @@ fn check_tls(cx: &mut Cx<'_>, r: &Resource, field: &str, tls: Option<&ClientTls>
     }
 }
 
-fn check_lb(
-    cx: &mut Cx<'_>,
-    r: &Resource,
-    field: &str,
-    lb: Option<&crate::config::destination_rule::LoadBalancer>,
-) {
+fn check_lb(cx: &mut Cx<'_>, r: &Resource, field: &str, lb: Option<&crate::config::destination_rule::LoadBalancer>) {
     let Some(lb) = lb else { return };
     if let Some(simple) = lb.simple.as_deref() {
         if !matches!(
             simple,
-            "ROUND_ROBIN"
-                | "RANDOM"
-                | "LEAST_REQUEST"
-                | "LEAST_CONN"
-                | "UNSPECIFIED"
-                | "PASSTHROUGH"
+            "ROUND_ROBIN" | "RANDOM" | "LEAST_REQUEST" | "LEAST_CONN" | "UNSPECIFIED" | "PASSTHROUGH"
         ) {
             cx.error(
                 r,
@@ -508,18 +454,10 @@ fn check_lb(
         cx.not_enforced(r, &format!("{field}.consistentHash"), "consistentHash");
     }
     if lb.locality_lb_setting.is_some() {
-        cx.not_enforced(
-            r,
-            &format!("{field}.localityLbSetting"),
-            "localityLbSetting",
-        );
+        cx.not_enforced(r, &format!("{field}.localityLbSetting"), "localityLbSetting");
     }
     if lb.warmup_duration_secs.is_some() {
-        cx.not_enforced(
-            r,
-            &format!("{field}.warmupDurationSecs"),
-            "warmupDurationSecs",
-        );
+        cx.not_enforced(r, &format!("{field}.warmupDurationSecs"), "warmupDurationSecs");
     }
 }
 
@@ -537,12 +475,7 @@ fn check_pool(
             &format!("{field}.tcp.connectTimeout"),
             tcp.connect_timeout.as_ref(),
         );
-        duration(
-            cx,
-            r,
-            &format!("{field}.tcp.idleTimeout"),
-            tcp.idle_timeout.as_ref(),
-        );
+        duration(cx, r, &format!("{field}.tcp.idleTimeout"), tcp.idle_timeout.as_ref());
         if tcp.tcp_keepalive.is_some() {
             cx.not_enforced(r, &format!("{field}.tcp.tcpKeepalive"), "tcpKeepalive");
         }
@@ -555,32 +488,15 @@ fn check_pool(
         }
     }
     if let Some(http) = &pool.http {
-        duration(
-            cx,
-            r,
-            &format!("{field}.http.idleTimeout"),
-            http.idle_timeout.as_ref(),
-        );
+        duration(cx, r, &format!("{field}.http.idleTimeout"), http.idle_timeout.as_ref());
         if http.h2_upgrade_policy.is_some() {
-            cx.not_enforced(
-                r,
-                &format!("{field}.http.h2UpgradePolicy"),
-                "h2UpgradePolicy",
-            );
+            cx.not_enforced(r, &format!("{field}.http.h2UpgradePolicy"), "h2UpgradePolicy");
         }
         if http.use_client_protocol.is_some() {
-            cx.not_enforced(
-                r,
-                &format!("{field}.http.useClientProtocol"),
-                "useClientProtocol",
-            );
+            cx.not_enforced(r, &format!("{field}.http.useClientProtocol"), "useClientProtocol");
         }
         if http.max_concurrent_streams.is_some() {
-            cx.not_enforced(
-                r,
-                &format!("{field}.http.maxConcurrentStreams"),
-                "maxConcurrentStreams",
-            );
+            cx.not_enforced(r, &format!("{field}.http.maxConcurrentStreams"), "maxConcurrentStreams");
         }
     }
 }
@@ -601,7 +517,7 @@ pub fn build(cx: &mut Cx<'_>, registry: &Registry<'_>) -> BTreeMap<String, Arc<C
                 );
             }
             for subset in subsets {
-                let c = cluster(cx, service, p, rule.map(|(r, dr)| (r, dr)), subset);
+                let c = cluster(cx, service, p, rule, subset);
                 clusters.insert(c.name.clone(), Arc::new(c));
             }
         }
@@ -627,21 +543,13 @@ fn policies<'a>(
     let mut out = Vec::new();
     let mut push = |tp: Option<&'a TrafficPolicy>| {
         let Some(tp) = tp else { return };
-        out.push((
-            tp.tls.as_ref(),
-            tp.load_balancer.as_ref(),
-            tp.connection_pool.as_ref(),
-        ));
+        out.push((tp.tls.as_ref(), tp.load_balancer.as_ref(), tp.connection_pool.as_ref()));
         if let Some(p) = tp
             .port_level_settings
             .iter()
             .find(|p| p.port.as_ref().and_then(|p| p.number) == Some(port as u32))
         {
-            out.push((
-                p.tls.as_ref(),
-                p.load_balancer.as_ref(),
-                p.connection_pool.as_ref(),
-            ));
+            out.push((p.tls.as_ref(), p.load_balancer.as_ref(), p.connection_pool.as_ref()));
         }
     };
     push(dr.and_then(|d| d.traffic_policy.as_ref()));
@@ -747,11 +655,7 @@ fn cluster(
                 if let Some(n) = tcp.max_connections {
                     limits.max_connections = n;
                 }
-                if let Some(d) = tcp
-                    .connect_timeout
-                    .as_deref()
-                    .and_then(crate::config::duration::parse)
-                {
+                if let Some(d) = tcp.connect_timeout.as_deref().and_then(crate::config::duration::parse) {
                     connect_timeout = d;
                 }
             }
@@ -768,11 +672,7 @@ fn cluster(
                 if let Some(n) = http.max_retries {
                     limits.max_retries = n;
                 }
-                if let Some(d) = http
-                    .idle_timeout
-                    .as_deref()
-                    .and_then(crate::config::duration::parse)
-                {
+                if let Some(d) = http.idle_timeout.as_deref().and_then(crate::config::duration::parse) {
                     limits.idle_timeout = Some(d);
                 }
             }

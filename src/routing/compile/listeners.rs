@@ -11,8 +11,8 @@ use crate::config::gateway::{GatewaySpec, Server};
 use crate::config::{Resource, Spec};
 use crate::routing::host::HostIndex;
 use crate::routing::snapshot::{
-    CertificateSource, ChainKind, FilterChain, HttpConnectionManager, Listener, ListenerKind,
-    RouteConfig, ServerTls, ServerTlsMode, VirtualHost,
+    CertificateSource, ChainKind, FilterChain, HttpConnectionManager, Listener, ListenerKind, RouteConfig, ServerTls,
+    ServerTlsMode, VirtualHost,
 };
 
 /// A server of a selected Gateway, validated.
@@ -78,8 +78,7 @@ pub fn build(cx: &mut Cx<'_>, resources: &[&Resource], registry: &Registry<'_>) 
         let kind = match first.mode {
             ServerMode::PlainHttp => {
                 let stat_prefix = format!("outbound_{name}");
-                let route_config =
-                    http_route_config(cx, format!("http.{bound}"), &servers, &bindings, registry);
+                let route_config = http_route_config(cx, format!("http.{bound}"), &servers, &bindings, registry);
                 ListenerKind::Http(HttpConnectionManager {
                     stat_prefix,
                     route_config,
@@ -92,7 +91,14 @@ pub fn build(cx: &mut Cx<'_>, resources: &[&Resource], registry: &Registry<'_>) 
                 {
                     Some(tcp) => ListenerKind::Tcp(tcp),
                     None => {
-                        cx.warn(first.gateway, &first.field, format!("no VirtualService tcp route matches this server; port {} will refuse connections", first.port));
+                        cx.warn(
+                            first.gateway,
+                            &first.field,
+                            format!(
+                                "no VirtualService tcp route matches this server; port {} will refuse connections",
+                                first.port
+                            ),
+                        );
                         ListenerKind::Tls(Vec::new())
                     }
                 }
@@ -101,12 +107,22 @@ pub fn build(cx: &mut Cx<'_>, resources: &[&Resource], registry: &Registry<'_>) 
         };
         let sni_index = match &kind {
             ListenerKind::Tls(chains) => HostIndex::new(chains.iter().enumerate().flat_map(|(i, c)| {
-                let names: Vec<&str> = if c.server_names.is_empty() { vec!["*"] } else { c.server_names.iter().map(String::as_str).collect() };
+                let names: Vec<&str> = if c.server_names.is_empty() {
+                    vec!["*"]
+                } else {
+                    c.server_names.iter().map(String::as_str).collect()
+                };
                 names.into_iter().map(move |n| (n, i))
             })),
             _ => HostIndex::default(),
         };
-        listeners.push(Listener { name, address, server_port, kind, sni_index });
+        listeners.push(Listener {
+            name,
+            address,
+            server_port,
+            kind,
+            sni_index,
+        });
     }
     listeners
 }
@@ -135,11 +151,7 @@ fn servers<'a>(cx: &mut Cx<'_>, r: &'a Resource, gw: &'a GatewaySpec) -> Vec<Gat
         let Some(number) = port(cx, r, &format!("{field}.port.number"), raw_port.number) else {
             continue;
         };
-        let protocol = raw_port
-            .protocol
-            .clone()
-            .unwrap_or_default()
-            .to_ascii_uppercase();
+        let protocol = raw_port.protocol.clone().unwrap_or_default().to_ascii_uppercase();
         if server.hosts.is_empty() {
             cx.error(
                 r,
@@ -185,13 +197,7 @@ fn servers<'a>(cx: &mut Cx<'_>, r: &'a Resource, gw: &'a GatewaySpec) -> Vec<Gat
     out
 }
 
-fn server_mode(
-    cx: &mut Cx<'_>,
-    r: &Resource,
-    field: &str,
-    protocol: &str,
-    server: &Server,
-) -> Option<ServerMode> {
+fn server_mode(cx: &mut Cx<'_>, r: &Resource, field: &str, protocol: &str, server: &Server) -> Option<ServerMode> {
     let tls = server.tls.as_ref();
     let mode = tls.and_then(|t| t.mode.as_deref());
     if let Some(t) = tls {
@@ -233,7 +239,11 @@ fn server_mode(
             return true;
         }
         if t.credential_name.is_some() {
-            cx.not_enforced(r, &format!("{field}.tls.credentialName"), "credentialName (Kubernetes secrets are not read; use serverCertificate and privateKey paths)");
+            cx.not_enforced(
+                r,
+                &format!("{field}.tls.credentialName"),
+                "credentialName (Kubernetes secrets are not read; use serverCertificate and privateKey paths)",
+            );
             return true;
         }
         let mut ok = true;
@@ -243,11 +253,7 @@ fn server_mode(
                 &format!("{field}.tls"),
                 format!(
                     "{} needs serverCertificate and privateKey",
-                    if m == ServerTlsMode::Simple {
-                        "SIMPLE"
-                    } else {
-                        "MUTUAL"
-                    }
+                    if m == ServerTlsMode::Simple { "SIMPLE" } else { "MUTUAL" }
                 ),
                 "set both file paths, or credentialName",
             );
@@ -293,9 +299,7 @@ fn server_mode(
     match (protocol, tls_mode) {
         ("HTTP" | "HTTP2" | "GRPC", _) => Some(ServerMode::PlainHttp),
         ("HTTPS", Some(Some(m))) => terminating(cx, m).then_some(ServerMode::TerminateHttp(m)),
-        ("HTTPS" | "TLS", Some(None)) if mode == Some("AUTO_PASSTHROUGH") => {
-            Some(ServerMode::AutoPassthrough)
-        }
+        ("HTTPS" | "TLS", Some(None)) if mode == Some("AUTO_PASSTHROUGH") => Some(ServerMode::AutoPassthrough),
         ("HTTPS" | "TLS", Some(None)) => Some(ServerMode::Passthrough),
         ("TLS", Some(Some(m))) => terminating(cx, m).then_some(ServerMode::TerminateTcp(m)),
         ("HTTPS" | "TLS", None) => {
@@ -331,17 +335,11 @@ fn server_mode(
 
 /// Plain and TLS servers cannot share a port (istiod keeps the first and silently drops the
 /// rest); neither can HTTP and TCP. Report them and keep the first kind.
-fn drop_conflicting<'a>(
-    cx: &mut Cx<'_>,
-    servers: Vec<GatewayServer<'a>>,
-) -> Vec<GatewayServer<'a>> {
+fn drop_conflicting<'a>(cx: &mut Cx<'_>, servers: Vec<GatewayServer<'a>>) -> Vec<GatewayServer<'a>> {
     let Some(first) = servers.first() else {
         return servers;
     };
-    let (first_mode, first_desc) = (
-        first.mode,
-        format!("{} {}", first.gateway.id(), first.field),
-    );
+    let (first_mode, first_desc) = (first.mode, format!("{} {}", first.gateway.id(), first.field));
     let mut kept = Vec::new();
     for s in servers {
         let same_class = match (first_mode, s.mode) {
@@ -437,8 +435,7 @@ fn tls_chains(
                     .name
                     .clone()
                     .unwrap_or_else(|| format!("outbound_{listener}"));
-                let route_config =
-                    http_route_config(cx, rds, std::slice::from_ref(server), bindings, registry);
+                let route_config = http_route_config(cx, rds, std::slice::from_ref(server), bindings, registry);
                 vec![FilterChain {
                     server_names: server_names(server),
                     kind: ChainKind::TerminateHttp {

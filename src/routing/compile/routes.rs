@@ -7,15 +7,14 @@ use super::clusters::{cluster_name, Registry};
 use super::listeners::GatewayServer;
 use super::{duration, of_kind, port, selects, Cx};
 use crate::config::virtual_service::{
-    Destination, HeaderOperations, HttpRoute, HttpRouteDestination, RouteDestination, StringMatch,
-    VirtualServiceSpec,
+    Destination, HeaderOperations, HttpRoute, HttpRouteDestination, RouteDestination, StringMatch, VirtualServiceSpec,
 };
 use crate::config::{Resource, Spec};
 use crate::routing::host;
 use crate::routing::http_match::{RouteMatch, StrMatch};
 use crate::routing::snapshot::{
-    ChainKind, FilterChain, HeaderOps, Redirect, RetryPolicy, Rewrite, Route, RouteAction,
-    TcpProxy, VirtualHost, WeightedCluster,
+    ChainKind, FilterChain, HeaderOps, Redirect, RetryPolicy, Rewrite, Route, RouteAction, TcpProxy, VirtualHost,
+    WeightedCluster,
 };
 
 /// A VirtualService with its gateway references resolved to `namespace/name`.
@@ -39,11 +38,7 @@ fn gateway_key(reference: &str, vs_namespace: &str) -> String {
     }
 }
 
-pub fn bindings<'a>(
-    cx: &mut Cx<'_>,
-    resources: &'a [&'a Resource],
-    known: &BTreeSet<String>,
-) -> Vec<Binding<'a>> {
+pub fn bindings<'a>(cx: &mut Cx<'_>, resources: &'a [&'a Resource], known: &BTreeSet<String>) -> Vec<Binding<'a>> {
     let mut out = Vec::new();
     for (r, vs) in of_kind(resources, |s| match s {
         Spec::VirtualService(vs) => Some(vs),
@@ -58,11 +53,7 @@ pub fn bindings<'a>(
             );
         }
         if !vs.export_to.is_empty() {
-            cx.not_enforced(
-                r,
-                "spec.exportTo",
-                "exportTo (a gateway sees every namespace)",
-            );
+            cx.not_enforced(r, "spec.exportTo", "exportTo (a gateway sees every namespace)");
         }
         let mut gateways = BTreeSet::new();
         for (i, g) in vs.gateways.iter().enumerate() {
@@ -87,12 +78,7 @@ pub fn bindings<'a>(
     out
 }
 
-fn check_match_gateways(
-    cx: &mut Cx<'_>,
-    r: &Resource,
-    vs: &VirtualServiceSpec,
-    known: &BTreeSet<String>,
-) {
+fn check_match_gateways(cx: &mut Cx<'_>, r: &Resource, vs: &VirtualServiceSpec, known: &BTreeSet<String>) {
     let mut refs: Vec<(String, &String)> = Vec::new();
     for (j, route) in vs.http.iter().enumerate() {
         for (k, m) in route.matches.iter().enumerate() {
@@ -213,9 +199,8 @@ pub fn virtual_hosts(
     }
     for v in &mut vhosts {
         // Routes of several VirtualServices are concatenated, catch-alls last (istiod's order).
-        v.routes.sort_by_key(|r| {
-            r.matches.is_empty() || r.matches.iter().all(RouteMatch::is_catch_all)
-        });
+        v.routes
+            .sort_by_key(|r| r.matches.is_empty() || r.matches.iter().all(RouteMatch::is_catch_all));
     }
     vhosts
 }
@@ -250,11 +235,7 @@ fn http_route(
         compiled.scheme = string_match(cx, r, &format!("{mf}.scheme"), m.scheme.as_ref());
         for (list, out, name) in [
             (&m.headers, &mut compiled.headers, "headers"),
-            (
-                &m.without_headers,
-                &mut compiled.without_headers,
-                "withoutHeaders",
-            ),
+            (&m.without_headers, &mut compiled.without_headers, "withoutHeaders"),
             (&m.query_params, &mut compiled.query_params, "queryParams"),
         ] {
             for (key, sm) in list {
@@ -310,9 +291,7 @@ fn http_route(
             code: code as u16,
         })
     } else if !raw.route.is_empty() {
-        RouteAction::Forward(http_destinations(
-            cx, r, &field, &raw.route, server, registry,
-        ))
+        RouteAction::Forward(http_destinations(cx, r, &field, &raw.route, server, registry))
     } else if raw.direct_response.is_some() || raw.delegate.is_some() {
         let what = if raw.delegate.is_some() {
             "delegate"
@@ -334,8 +313,7 @@ fn http_route(
         );
         return None;
     };
-    let timeout =
-        duration(cx, r, &format!("{field}.timeout"), raw.timeout.as_ref()).filter(|d| !d.is_zero());
+    let timeout = duration(cx, r, &format!("{field}.timeout"), raw.timeout.as_ref()).filter(|d| !d.is_zero());
     let retry = match &raw.retries {
         None => RetryPolicy::istio_default(),
         Some(retries) => {
@@ -369,31 +347,20 @@ fn http_route(
                     }
                 }
                 if !policy.retriable_status_codes.is_empty()
-                    && !policy
-                        .retry_on
-                        .iter()
-                        .any(|c| c == "retriable-status-codes")
+                    && !policy.retry_on.iter().any(|c| c == "retriable-status-codes")
                 {
                     policy.retry_on.push("retriable-status-codes".into());
                 }
             }
             if retries.retry_remote_localities.is_some() || retries.backoff.is_some() {
-                cx.not_enforced(
-                    r,
-                    &format!("{field}.retries"),
-                    "retryRemoteLocalities and backoff",
-                );
+                cx.not_enforced(r, &format!("{field}.retries"), "retryRemoteLocalities and backoff");
             }
             policy
         }
     };
     let rewrite = raw.rewrite.as_ref().map(|rw| {
         if rw.uri_regex_rewrite.is_some() {
-            cx.not_enforced(
-                r,
-                &format!("{field}.rewrite.uriRegexRewrite"),
-                "uriRegexRewrite",
-            );
+            cx.not_enforced(r, &format!("{field}.rewrite.uriRegexRewrite"), "uriRegexRewrite");
         }
         Rewrite {
             uri: rw.uri.clone(),
@@ -414,12 +381,7 @@ fn http_route(
     })
 }
 
-fn string_match(
-    cx: &mut Cx<'_>,
-    r: &Resource,
-    field: &str,
-    raw: Option<&StringMatch>,
-) -> Option<StrMatch> {
+fn string_match(cx: &mut Cx<'_>, r: &Resource, field: &str, raw: Option<&StringMatch>) -> Option<StrMatch> {
     match StrMatch::compile(raw?) {
         Ok(m) => Some(m),
         Err(e) => {
@@ -486,10 +448,7 @@ fn tcp_destinations(
     server: &GatewayServer<'_>,
     registry: &Registry<'_>,
 ) -> Vec<WeightedCluster> {
-    let raw: Vec<_> = route
-        .iter()
-        .map(|d| (d.destination.as_ref(), d.weight, None))
-        .collect();
+    let raw: Vec<_> = route.iter().map(|d| (d.destination.as_ref(), d.weight, None)).collect();
     weighted(cx, r, &format!("{field}.route"), &raw, server, registry)
 }
 
@@ -528,9 +487,7 @@ fn weighted(
             None => 0,
         };
         total += u64::from(weight);
-        let Some(cluster) =
-            destination(cx, r, &format!("{df}.destination"), *dest, server, registry)
-        else {
+        let Some(cluster) = destination(cx, r, &format!("{df}.destination"), *dest, server, registry) else {
             continue;
         };
         let (request_headers, response_headers) = header_ops(*headers);
@@ -562,10 +519,7 @@ fn destination(
     server: &GatewayServer<'_>,
     registry: &Registry<'_>,
 ) -> Option<String> {
-    let Some(host) = dest
-        .and_then(|d| d.host.as_deref())
-        .filter(|h| !h.is_empty())
-    else {
+    let Some(host) = dest.and_then(|d| d.host.as_deref()).filter(|h| !h.is_empty()) else {
         cx.error(
             r,
             &format!("{field}.host"),
@@ -586,7 +540,12 @@ fn destination(
     };
     if let Some(subset) = dest.subset.as_deref() {
         if !registry.subset_defined(&fqdn, subset) {
-            cx.error(r, &format!("{field}.subset"), format!("subset `{subset}` of `{fqdn}` is not defined by any DestinationRule"), format!("add subset `{subset}` to a DestinationRule for host {fqdn}, or remove the subset"));
+            cx.error(
+                r,
+                &format!("{field}.subset"),
+                format!("subset `{subset}` of `{fqdn}` is not defined by any DestinationRule"),
+                format!("add subset `{subset}` to a DestinationRule for host {fqdn}, or remove the subset"),
+            );
         }
     }
     match service {
@@ -635,10 +594,7 @@ pub fn passthrough_chains(
                         .iter()
                         .filter(|(ns, _)| ns == "*" || *ns == b.vs.namespace)
                         .find_map(|(_, h)| host::intersect(h, &sni).map(str::to_string));
-                    if let Some((_, owner)) = covered
-                        .as_ref()
-                        .and_then(|c| routed.iter().find(|(n, _)| n == c))
-                    {
+                    if let Some((_, owner)) = covered.as_ref().and_then(|c| routed.iter().find(|(n, _)| n == c)) {
                         cx.error(b.vs, &format!("{mf}.sniHosts"), format!("SNI `{sni}` on port {} is already routed by {owner}; istiod would skip this match with only a warning", server.port), "route each SNI host once per gateway port");
                         continue;
                     }
@@ -648,20 +604,21 @@ pub fn passthrough_chains(
                             names.push(name)
                         }
                         Some(_) => {}
-                        None => cx.warn(b.vs, &format!("{mf}.sniHosts"), format!("SNI `{sni}` is not among the hosts of {} {}; it is not served there", server.gateway.id(), server.field)),
+                        None => cx.warn(
+                            b.vs,
+                            &format!("{mf}.sniHosts"),
+                            format!(
+                                "SNI `{sni}` is not among the hosts of {} {}; it is not served there",
+                                server.gateway.id(),
+                                server.field
+                            ),
+                        ),
                     }
                 }
                 if names.is_empty() {
                     continue;
                 }
-                let clusters = tcp_destinations(
-                    cx,
-                    b.vs,
-                    &format!("spec.tls[{j}]"),
-                    &tr.route,
-                    server,
-                    registry,
-                );
+                let clusters = tcp_destinations(cx, b.vs, &format!("spec.tls[{j}]"), &tr.route, server, registry);
                 let Some(first) = clusters.first() else {
                     continue;
                 };
@@ -687,10 +644,7 @@ pub fn tcp_proxy(
     bindings: &[Binding<'_>],
     registry: &Registry<'_>,
 ) -> Option<TcpProxy> {
-    let mut ordered: Vec<&Binding<'_>> = bindings
-        .iter()
-        .filter(|b| !b.hosts_on(server).is_empty())
-        .collect();
+    let mut ordered: Vec<&Binding<'_>> = bindings.iter().filter(|b| !b.hosts_on(server).is_empty()).collect();
     ordered.sort_by_key(|b| b.vs.namespace != server.gateway.namespace);
     for b in ordered {
         for (j, route) in b.spec.tcp.iter().enumerate() {
@@ -702,14 +656,7 @@ pub fn tcp_proxy(
             if !applies {
                 continue;
             }
-            let clusters = tcp_destinations(
-                cx,
-                b.vs,
-                &format!("spec.tcp[{j}]"),
-                &route.route,
-                server,
-                registry,
-            );
+            let clusters = tcp_destinations(cx, b.vs, &format!("spec.tcp[{j}]"), &route.route, server, registry);
             let first = clusters.first()?.cluster.clone();
             return Some(TcpProxy {
                 stat_prefix: first,
@@ -722,11 +669,7 @@ pub fn tcp_proxy(
 }
 
 /// `tls:` routes never apply to a server that terminates TLS; istiod drops them silently.
-pub fn reject_tls_routes_on_terminating(
-    cx: &mut Cx<'_>,
-    server: &GatewayServer<'_>,
-    bindings: &[Binding<'_>],
-) {
+pub fn reject_tls_routes_on_terminating(cx: &mut Cx<'_>, server: &GatewayServer<'_>, bindings: &[Binding<'_>]) {
     for b in bindings {
         if b.hosts_on(server).is_empty() {
             continue;

@@ -40,10 +40,7 @@ fn catch_all_routes_go_last_and_match_port_is_the_server_port() {
     assert_eq!(
         routes,
         [
-            (
-                Some("politics".into()),
-                "outbound|80||edition.cnn.com".into()
-            ),
+            (Some("politics".into()), "outbound|80||edition.cnn.com".into()),
             (Some("all".into()), "outbound|80||edition.cnn.com".into()),
         ]
     );
@@ -77,15 +74,8 @@ fn short_host_names_resolve_in_the_resource_namespace() {
         http_routes(&s)[0].1,
         "outbound|9080||reviews.istio-system.svc.cluster.local"
     );
-    let warning = s
-        .diagnostics
-        .iter()
-        .find(|d| d.severity == Severity::Warning)
-        .unwrap();
-    assert!(
-        warning.message.contains("503 NC cluster_not_found"),
-        "{warning}"
-    );
+    let warning = s.diagnostics.iter().find(|d| d.severity == Severity::Warning).unwrap();
+    assert!(warning.message.contains("503 NC cluster_not_found"), "{warning}");
 }
 
 #[test]
@@ -97,16 +87,8 @@ fn retries_and_unenforced_fields_are_reported() {
     let ListenerKind::Http(hcm) = &s.listeners[0].kind else {
         panic!()
     };
-    assert_eq!(
-        hcm.route_config.virtual_hosts[0].routes[0].retry.attempts,
-        0
-    );
-    assert_eq!(
-        s.clusters["outbound|80||edition.cnn.com"]
-            .limits
-            .max_connections,
-        3
-    );
+    assert_eq!(hcm.route_config.virtual_hosts[0].routes[0].retry.attempts, 0);
+    assert_eq!(s.clusters["outbound|80||edition.cnn.com"].limits.max_connections, 3);
     let not_enforced: Vec<String> = s
         .diagnostics
         .iter()

@@ -1,0 +1,410 @@
+//! TLS termination at the gateway, end to end with the real binary: the seed's "mutual TLS
+//! enabled" scenarios (HTTPS server with HTTP routes, TLS server with a tcp route) driven by curl
+//! and rustls clients holding SPIFFE certificates from a test mesh CA; refusals counted in Envoy's
+//! `ssl.*` stats and never reaching the origin; Istio's ALPN offers; certificate rotation.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use support::certs::{self, Leaf, LeafOptions, TestCa, GATEWAY_SPIFFE_ID, SLEEP_SPIFFE_ID};
+use support::egressd::{Egressd, EgressdOptions, LogFormat};
+use support::origin::Origin;
+use support::tools::{curl, stderr, stdout};
+
+const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed");
+const WAIT: Duration = Duration::from_secs(5);
+const ISTIO_HTTP11: &[&[u8]] = &[b"istio-http/1.1", b"istio", b"http/1.1"];
+const ISTIO_H2: &[&[u8]] = &[b"istio-h2", b"istio", b"h2"];
+const ISTIO_TCP: &[&[u8]] = &[b"istio-peer-exchange", b"istio"];
+
+/// The test mesh: its CA, the gateway identity in `certs/` (istiod's URI SAN plus the DNS name
+/// curl checks), the `sleep` workload's certificate, and the config dir egressd reads.
+struct Mesh {
+    ca: TestCa,
+    dir: tempfile::TempDir,
+    sleep: Leaf,
+}
+
+impl Mesh {
+    fn new() -> Mesh {
+        let ca = TestCa::new("cluster.local");
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = Mesh {
+            sleep: ca.spiffe_cert(SLEEP_SPIFFE_ID),
+            ca,
+            dir,
+        };
+        mesh.rotate_gateway_cert();
+        mesh.ca.write_root(&mesh.certs(), "root-cert.pem");
+        mesh.sleep.write_to(mesh.dir.path(), "sleep.pem", "sleep-key.pem");
+        std::fs::create_dir_all(mesh.config()).unwrap();
+        mesh
+    }
+
+    fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+
+    /// Issues and writes (in place) a new gateway certificate and key.
+    fn rotate_gateway_cert(&self) -> Leaf {
+        let opts = LeafOptions {
+            dns_names: vec!["edition.cnn.com".into()],
+            ..LeafOptions::spiffe(GATEWAY_SPIFFE_ID)
+        };
+        let leaf = self.ca.issue(&opts);
+        leaf.write_to(&self.certs(), "cert-chain.pem", "key.pem");
+        leaf
+    }
+
+    /// Copies a seed file into the config dir with `/etc/certs` pointing at our certs and the
+    /// given replacements applied (each must apply).
+    fn seed(&self, scenario: &str, file: &str, replace: &[(&str, &str)]) {
+        let text = std::fs::read_to_string(Path::new(SEED).join(scenario).join(file)).unwrap();
+        let mut text = text.replace("/etc/certs", &self.certs().display().to_string());
+        for (from, to) in replace {
+            assert!(text.contains(from), "{scenario}/{file} has no `{from}`");
+            text = text.replace(from, to);
+        }
+        std::fs::write(self.config().join(file), text).unwrap();
+    }
+
+    /// The seed's `cnn` ServiceEntry, made STATIC to reach loopback origins.
+    fn service_entry(&self, http_port: u16, https_port: u16) {
+        let yaml = format!(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: ServiceEntry\nmetadata:\n  name: cnn\nspec:\n  hosts:\n  - edition.cnn.com\n  ports:\n  - number: 80\n    name: http-port\n    protocol: HTTP\n  - number: 443\n    name: https\n    protocol: HTTPS\n  resolution: STATIC\n  endpoints:\n  - address: 127.0.0.1\n    ports:\n      http-port: {http_port}\n      https: {https_port}\n"
+        );
+        std::fs::write(self.config().join("1-service-entry.yaml"), yaml).unwrap();
+    }
+
+    fn start(&self, format: LogFormat) -> Egressd {
+        let opts = EgressdOptions {
+            certs: Some(self.certs()),
+            access_log: format,
+            ..EgressdOptions::new(self.config())
+        };
+        Egressd::start(opts)
+    }
+
+    /// A rustls mTLS connection to the gateway with SNI `edition.cnn.com`.
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        client: Option<&Leaf>,
+        alpn: &[&[u8]],
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let config = certs::client_config_alpn(&self.ca, client, alpn);
+        let tcp = TcpStream::connect(addr).await?;
+        TlsConnector::from(config)
+            .connect(ServerName::try_from("edition.cnn.com").unwrap(), tcp)
+            .await
+    }
+}
+
+/// The seed's "HTTP with mutual TLS enabled" scenario: an HTTPS server on port 80, MUTUAL with
+/// the `/etc/certs` files, and the VirtualService routing to `edition.cnn.com:80`.
+fn http_scenario(mesh: &Mesh, origin: &Origin, extra_tls: &str) {
+    mesh.service_entry(origin.addr().port(), 1);
+    let ca_line = format!("      caCertificates: {}/root-cert.pem\n", mesh.certs().display());
+    let with_extra = format!("{ca_line}{extra_tls}");
+    mesh.seed(
+        "http-mtls-enabled",
+        "2-gateway-destination-rule.yaml",
+        &[(&ca_line, &with_extra)],
+    );
+    mesh.seed("http-mtls-enabled", "3-virtual-service.yaml", &[]);
+}
+
+fn listener_stat(egressd: &Egressd, server_port: u16, stat: &str) -> String {
+    format!("listener.127.0.0.1_{}.{stat}", egressd.bound_port(server_port))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `curl https://edition.cnn.com:80/politics` through the gateway, as the sidecar would send it.
+fn curl_politics(mesh: &Mesh, egressd: &Egressd, client: Option<(&str, &str)>) -> std::process::Output {
+    let connect_to = format!("edition.cnn.com:80:127.0.0.1:{}", egressd.bound_port(80));
+    let cacert = mesh.certs().join("root-cert.pem").display().to_string();
+    let mut args = vec!["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"];
+    args.extend(["--cacert", &cacert, "--connect-to", &connect_to]);
+    if let Some((cert, key)) = client {
+        args.extend(["--cert", cert, "--key", key]);
+    }
+    args.push("https://edition.cnn.com:80/politics");
+    curl(&args)
+}
+
+async fn http1_over<S>(io: S) -> http1::SendRequest<Empty<Bytes>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(io)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get1(sender: &mut http1::SendRequest<Empty<Bytes>>, path: &str) -> StatusCode {
+    let req = Request::get(path)
+        .header("host", "edition.cnn.com")
+        .body(Empty::new())
+        .unwrap();
+    sender.send_request(req).await.unwrap().status()
+}
+
+fn json_lines(egressd: &Egressd, n: usize) -> Vec<serde_json::Value> {
+    let lines = egressd.wait_for_log_lines(n, WAIT);
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn seed_http_mtls_curl_gets_301_and_the_log_names_the_caller() {
+    let mesh = Mesh::new();
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), None);
+    http_scenario(&mesh, &origin, "");
+    let egressd = mesh.start(LogFormat::Json);
+
+    let out = curl_politics(
+        &mesh,
+        &egressd,
+        Some((&mesh.path("sleep.pem"), &mesh.path("sleep-key.pem"))),
+    );
+    assert_eq!(stdout(&out), "301", "curl: {}", stderr(&out));
+    let requests = origin.wait_for_requests(1, WAIT);
+    assert_eq!(requests[0].path, "/politics");
+    let log = json_lines(&egressd, 1);
+    assert_eq!(log[0]["response_code"], 301, "{}", log[0]);
+    assert_eq!(log[0]["downstream_peer_uri_san"], SLEEP_SPIFFE_ID, "{}", log[0]);
+    assert_eq!(log[0]["requested_server_name"], "edition.cnn.com", "{}", log[0]);
+    assert_eq!(egressd.stat(&listener_stat(&egressd, 80, "ssl.handshake")), Some(1));
+
+    // Istio's ALPN offers get the plain protocol, and both protocols carry requests.
+    let addr = egressd.gateway_addr(80);
+    runtime().block_on(async {
+        let tls = mesh.connect(addr, Some(&mesh.sleep), ISTIO_HTTP11).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        assert_eq!(
+            get1(&mut http1_over(tls).await, "/politics").await,
+            StatusCode::MOVED_PERMANENTLY
+        );
+
+        let tls = mesh.connect(addr, Some(&mesh.sleep), ISTIO_H2).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("https://edition.cnn.com/politics")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        assert_eq!(
+            sender.send_request(req).await.unwrap().status(),
+            StatusCode::MOVED_PERMANENTLY
+        );
+
+        // No acceptable offer: the handshake still completes, without ALPN (as Envoy).
+        let tls = mesh.connect(addr, Some(&mesh.sleep), ISTIO_TCP).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    });
+    let log = json_lines(&egressd, 3);
+    assert_eq!(log[1]["protocol"], "HTTP/1.1", "{}", log[1]);
+    assert_eq!(log[2]["protocol"], "HTTP/2", "{}", log[2]);
+    assert_eq!(log[2]["downstream_peer_uri_san"], SLEEP_SPIFFE_ID, "{}", log[2]);
+}
+
+#[test]
+fn refused_clients_are_counted_and_never_reach_the_origin() {
+    let mesh = Mesh::new();
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), None);
+    http_scenario(
+        &mesh,
+        &origin,
+        &format!("      subjectAltNames:\n      - {SLEEP_SPIFFE_ID}\n"),
+    );
+    let egressd = mesh.start(LogFormat::Text);
+    let stat = |name| listener_stat(&egressd, 80, name);
+
+    let out = curl_politics(&mesh, &egressd, None);
+    assert!(
+        !out.status.success() && stdout(&out) != "301",
+        "no client cert was accepted"
+    );
+    egressd.wait_for_stat(&stat("ssl.fail_verify_no_cert"), 1, WAIT);
+
+    let refused = [
+        (
+            "foreign",
+            TestCa::new("other-mesh").spiffe_cert(SLEEP_SPIFFE_ID),
+            "ssl.fail_verify_error",
+            1,
+        ),
+        (
+            "expired",
+            mesh.ca.issue(&LeafOptions::spiffe(SLEEP_SPIFFE_ID).expired()),
+            "ssl.fail_verify_error",
+            2,
+        ),
+        (
+            "intruder",
+            mesh.ca.spiffe_cert("spiffe://cluster.local/ns/default/sa/intruder"),
+            "ssl.fail_verify_san",
+            1,
+        ),
+    ];
+    for (name, leaf, counter, count) in refused {
+        leaf.write_to(mesh.dir.path(), &format!("{name}.pem"), &format!("{name}-key.pem"));
+        let (cert, key) = (mesh.path(&format!("{name}.pem")), mesh.path(&format!("{name}-key.pem")));
+        let out = curl_politics(&mesh, &egressd, Some((&cert, &key)));
+        assert!(
+            !out.status.success() && stdout(&out) != "301",
+            "{name} cert was accepted"
+        );
+        egressd.wait_for_stat(&stat(counter), count, WAIT);
+    }
+    assert_eq!(origin.connections(), 0, "a refused client reached the origin");
+    assert_eq!(egressd.stat(&stat("ssl.handshake")).unwrap_or(0), 0);
+
+    // The listed SAN is accepted.
+    let out = curl_politics(
+        &mesh,
+        &egressd,
+        Some((&mesh.path("sleep.pem"), &mesh.path("sleep-key.pem"))),
+    );
+    assert_eq!(stdout(&out), "301", "curl: {}", stderr(&out));
+    assert_eq!(egressd.stat(&stat("ssl.handshake")), Some(1));
+    assert_eq!(egressd.stat(&stat("ssl.connection_error")).unwrap_or(0), 0);
+}
+
+#[test]
+fn tls_server_forwards_the_inner_tls_with_istio_alpn() {
+    let mesh = Mesh::new();
+    // The external host's own TLS, from a CA the gateway knows nothing of.
+    let public_ca = TestCa::new("public-ca");
+    let origin_tls = certs::server_config(&public_ca.server_cert(&["edition.cnn.com"]), &[b"http/1.1"]);
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), Some(origin_tls));
+    mesh.service_entry(1, origin.addr().port());
+    let files = format!(
+        "      mode: MUTUAL\n      serverCertificate: {0}/cert-chain.pem\n      privateKey: {0}/key.pem\n      caCertificates: {0}/root-cert.pem\n",
+        mesh.certs().display()
+    );
+    // ISTIO_MUTUAL: the identity comes from the bootstrap's certs dir.
+    mesh.seed(
+        "https-mtls-enabled",
+        "2-gateway-destination-rule-virtual-service.yaml",
+        &[(&files, "      mode: ISTIO_MUTUAL\n")],
+    );
+    let egressd = mesh.start(LogFormat::Json);
+    let addr = egressd.gateway_addr(443);
+
+    runtime().block_on(async {
+        let outer = mesh.connect(addr, Some(&mesh.sleep), ISTIO_TCP).await.unwrap();
+        assert_eq!(
+            outer.get_ref().1.alpn_protocol(),
+            Some(&b"istio"[..]),
+            "never istio-peer-exchange"
+        );
+        let inner_config = certs::client_config_alpn(&public_ca, None, &[b"http/1.1"]);
+        let name = ServerName::try_from("edition.cnn.com").unwrap();
+        let inner = TlsConnector::from(inner_config).connect(name, outer).await.unwrap();
+        let mut sender = http1_over(inner).await;
+        assert_eq!(get1(&mut sender, "/politics").await, StatusCode::MOVED_PERMANENTLY);
+        drop(sender);
+
+        let outer = mesh
+            .connect(addr, Some(&mesh.sleep), &[b"istio-peer-exchange"])
+            .await
+            .unwrap();
+        assert_eq!(outer.get_ref().1.alpn_protocol(), None);
+        // Closed without a byte: a connection with nothing to forward.
+        drop(outer);
+
+        let refused = mesh.connect(addr, None, ISTIO_TCP).await;
+        if let Ok(mut tls) = refused {
+            // TLS 1.3: the client learns of the refusal on its first read.
+            let mut buf = [0u8; 1];
+            let read = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+            assert!(!matches!(read, Ok(n) if n > 0), "an unauthenticated client got data");
+        }
+    });
+    assert_eq!(
+        origin.established()[0].tls.as_ref().unwrap().sni.as_deref(),
+        Some("edition.cnn.com")
+    );
+    let log = json_lines(&egressd, 1);
+    assert_eq!(
+        log[0]["upstream_cluster"], "outbound|443||edition.cnn.com",
+        "{}",
+        log[0]
+    );
+    assert_eq!(log[0]["downstream_peer_uri_san"], SLEEP_SPIFFE_ID, "{}", log[0]);
+    assert_eq!(log[0]["requested_server_name"], "edition.cnn.com", "{}", log[0]);
+    egressd.wait_for_stat(&listener_stat(&egressd, 443, "ssl.fail_verify_no_cert"), 1, WAIT);
+    assert_eq!(egressd.stat(&listener_stat(&egressd, 443, "ssl.handshake")), Some(2));
+}
+
+#[test]
+fn rotated_certificate_serves_new_handshakes_while_open_connections_keep_working() {
+    let mesh = Mesh::new();
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), None);
+    http_scenario(&mesh, &origin, "");
+    let egressd = mesh.start(LogFormat::Text);
+    let addr = egressd.gateway_addr(80);
+
+    runtime().block_on(async {
+        let old = mesh.connect(addr, Some(&mesh.sleep), &[b"http/1.1"]).await.unwrap();
+        let old_cert = old.get_ref().1.peer_certificates().unwrap()[0].clone();
+        let mut old_sender = http1_over(old).await;
+        assert_eq!(get1(&mut old_sender, "/politics").await, StatusCode::MOVED_PERMANENTLY);
+
+        let new = mesh.rotate_gateway_cert();
+        assert_ne!(new.cert_der, old_cert);
+        let deadline = Instant::now() + WAIT;
+        let fresh = loop {
+            let tls = mesh.connect(addr, Some(&mesh.sleep), &[b"http/1.1"]).await;
+            // A handshake may race the two file writes; any refusal is retried.
+            if let Ok(tls) = tls {
+                if tls.get_ref().1.peer_certificates().unwrap()[0] == new.cert_der {
+                    break tls;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the new certificate was not served within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            get1(&mut http1_over(fresh).await, "/politics").await,
+            StatusCode::MOVED_PERMANENTLY
+        );
+        // The connection opened before the rotation is untouched.
+        assert_eq!(get1(&mut old_sender, "/politics").await, StatusCode::MOVED_PERMANENTLY);
+    });
+    assert_eq!(origin.requests().len(), 3);
+}
