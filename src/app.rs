@@ -51,7 +51,7 @@ pub fn load_and_compile(
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing();
     let bootstrap = args.bootstrap()?;
-    let loaded_hash = crate::reload::content_hash(&args.config.config);
+    let loaded_hash = crate::reload::content_hash(&args.config.config).unwrap_or_default();
     let snapshot = match load_and_compile(&args.config.config, &bootstrap) {
         Ok(s) => s,
         Err(e) => {
@@ -212,6 +212,7 @@ fn access_logger(bootstrap: &Bootstrap) -> anyhow::Result<crate::access_log::Acc
     let format = match bootstrap.access_log.format {
         AccessLogFormat::Text => Format::Text,
         AccessLogFormat::Json => Format::Json,
+        AccessLogFormat::TextWithPeer => Format::TextWithPeer,
     };
     AccessLogger::new(target, format, crate::access_log::DEFAULT_CAPACITY)
         .with_context(|| format!("cannot open the access log {}", bootstrap.access_log.path))

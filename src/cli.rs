@@ -74,7 +74,8 @@ pub struct RunArgs {
     /// Access log destination: a path, `/dev/stdout`, or `off`.
     #[arg(long, env = "EGRESSD_ACCESS_LOG")]
     pub access_log: Option<String>,
-    /// Access log format: `text` (Istio's default) or `json`.
+    /// Access log format: `text` (Istio's default), `json`, or `text-with-peer` (text plus the
+    /// caller's SPIFFE id).
     #[arg(long, env = "EGRESSD_ACCESS_LOG_FORMAT")]
     pub access_log_format: Option<String>,
     /// Worker threads (default: the CPUs available to the process).
@@ -128,7 +129,8 @@ impl RunArgs {
             b.access_log.format = match format {
                 "text" => AccessLogFormat::Text,
                 "json" => AccessLogFormat::Json,
-                other => bail!("--access-log-format {other}: use text or json"),
+                "text-with-peer" => AccessLogFormat::TextWithPeer,
+                other => bail!("--access-log-format {other}: use text, json or text-with-peer"),
             };
         }
         if let Some(n) = self.concurrency {

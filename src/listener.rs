@@ -124,6 +124,11 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>, mut stopped: watch::Receiver<bool>) {
     let drain = ctx.shared.drain.clone();
+    // egressd's own: Envoy has no counter for failed accept(2) calls.
+    let accept_failed = ctx
+        .shared
+        .store
+        .counter(&format!("listener.{}.downstream_cx_accept_failed", ctx.name));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -145,9 +150,13 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>, mut stopp
                 });
             }
             Err(e) => {
-                // Out of file descriptors (or similar): back off instead of spinning; open
-                // connections keep working.
-                tracing::warn!(listener = %ctx.name, error = %e, "accept failed");
+                // Out of file descriptors (or similar): count, back off instead of spinning;
+                // open connections keep working. Logged once per burst, not per retry.
+                let failures = accept_failed.value();
+                accept_failed.inc();
+                if failures % 1000 == 0 {
+                    tracing::warn!(listener = %ctx.name, error = %e, failures = failures + 1, "accept failed; backing off");
+                }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -38,7 +38,10 @@ pub async fn run(state: Arc<AppState>, listeners: Arc<Listeners>, loaded_hash: u
         // Debounce: let the burst finish, then look once.
         tokio::time::sleep(DEBOUNCE).await;
         while rx.try_recv().is_ok() {}
-        let hash = content_hash(&state.config_paths);
+        let Some(hash) = content_hash(&state.config_paths) else {
+            // Reading failed (e.g. out of file descriptors): not a config change; look again.
+            continue;
+        };
         if hash == last_hash && !forced {
             continue;
         }
@@ -93,26 +96,30 @@ fn watch_paths(paths: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<notif
     Some(watcher)
 }
 
-/// A hash of every config file's name and content, as loading would read them.
-pub fn content_hash(paths: &[PathBuf]) -> u64 {
+/// A hash of every config file's name and content, as loading would read them; `None` when
+/// a directory or file could not be read for a reason other than not existing.
+pub fn content_hash(paths: &[PathBuf]) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     for path in paths {
         let mut files = Vec::new();
         if path.is_dir() {
-            if let Ok(entries) = std::fs::read_dir(path) {
-                files.extend(entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| {
-                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
-                }));
-            }
+            let entries = std::fs::read_dir(path).ok()?;
+            files.extend(entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+            }));
         } else {
             files.push(path.clone());
         }
         files.sort();
         for file in files {
             file.hash(&mut hasher);
-            std::fs::read(&file).ok().hash(&mut hasher);
+            match std::fs::read(&file) {
+                Ok(bytes) => bytes.hash(&mut hasher),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0u8.hash(&mut hasher),
+                Err(_) => return None,
+            }
         }
     }
-    hasher.finish()
+    Some(hasher.finish())
 }

@@ -90,11 +90,14 @@ pub struct AccessLogSettings {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum AccessLogFormat {
+    /// Istio's default 24-field TEXT format, byte for byte.
     #[default]
     Text,
     Json,
+    /// The 24 fields plus the caller's SPIFFE id (`%DOWNSTREAM_PEER_URI_SAN%`).
+    TextWithPeer,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -55,6 +55,12 @@ impl Drop for RequestLog {
         if self.record.response_code != 0 {
             self.hcm.rq_completed(self.record.response_code);
         }
+        if self.record.response_code == 0 && self.record.response_flags.is_empty() {
+            // Dropped before any response: the client went away while the request was with
+            // the upstream (Envoy: `0 DC downstream_remote_disconnect`).
+            self.record.response_flags.insert(ResponseFlags::DC);
+            self.record.response_code_details = Some("downstream_remote_disconnect".into());
+        }
         if let Some(host) = &self.host {
             host.rq_active.fetch_sub(1, Ordering::Relaxed);
             let failed = self.record.response_code >= 500 || !self.record.response_flags.is_empty();

@@ -423,7 +423,8 @@ async fn forward(
         };
         let request = upstream_request(&parts, req_body, authority, sender.is_http2());
         rt.stats.upstream_rq_total.inc();
-        rt.stats.upstream_rq_active.inc();
+        // A guard, so that a request cancelled by its client still settles the gauge.
+        let active = ActiveRequest::new(&rt.stats.upstream_rq_active);
         host.rq_total.fetch_add(1, Ordering::Relaxed);
         let try_deadline = match (deadline, policy.per_try_timeout) {
             (Some(d), Some(p)) => Some(d.min(Instant::now() + p)),
@@ -431,7 +432,7 @@ async fn forward(
             (None, Some(p)) => Some(Instant::now() + p),
         };
         let sent = with_deadline(try_deadline, sender.send(request)).await;
-        rt.stats.upstream_rq_active.dec();
+        drop(active);
         match sent {
             None => {
                 host.rq_timeout.fetch_add(1, Ordering::Relaxed);
@@ -509,4 +510,21 @@ fn upstream_request(
         .unwrap_or_else(|_| Request::new(UpstreamBody::new(http_body_util::Empty::new().map_err(|e| match e {}))));
     *request.headers_mut() = headers;
     request
+}
+
+/// Holds `upstream_rq_active` up while a request is with the upstream, even if the future is
+/// dropped (the client went away).
+struct ActiveRequest<'a>(&'a crate::stats::Gauge);
+
+impl<'a> ActiveRequest<'a> {
+    fn new(gauge: &'a crate::stats::Gauge) -> Self {
+        gauge.inc();
+        ActiveRequest(gauge)
+    }
+}
+
+impl Drop for ActiveRequest<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

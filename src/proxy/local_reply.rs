@@ -88,12 +88,14 @@ impl Failure {
                 if *retried {
                     flags.insert(ResponseFlags::URX);
                 }
+                // Envoy 1.40 reports a failed upstream handshake as a remote connection failure
+                // with the TLS error as the transport failure reason.
                 Reply {
                     status: 503,
-                    body: reset_body("connection failure", *retried),
+                    body: reset_body("remote connection failure", *retried),
                     flags,
                     details: format!(
-                        "upstream_reset_before_response_started{{connection_failure|TLS_error:_{reason}}}"
+                        "upstream_reset_before_response_started{{remote_connection_failure|TLS_error:_{reason}}}"
                     )
                     .into(),
                     transport_failure: Some(format!("TLS_error: {reason}").into()),
@@ -154,7 +156,6 @@ fn reset_body(reason: &str, retried: bool) -> &'static str {
         "remote connection failure" => body!("remote connection failure"),
         "connection timeout" => body!("connection timeout"),
         "connection termination" => body!("connection termination"),
-        "connection failure" => body!("connection failure"),
         _ => body!("overflow"),
     }
 }

@@ -29,6 +29,7 @@ pub struct ClusterStats {
     pub upstream_rq_completed: Counter,
     pub ssl_handshake: Counter,
     pub ssl_fail_verify_san: Counter,
+    pub ssl_fail_verify_error: Counter,
     pub ssl_connection_error: Counter,
     codes: Arc<ResponseCodeStats>,
 }
@@ -67,6 +68,7 @@ impl ClusterStats {
             upstream_rq_completed: c(cluster::UPSTREAM_RQ_COMPLETED),
             ssl_handshake: c(cluster::SSL_HANDSHAKE),
             ssl_fail_verify_san: c(cluster::SSL_FAIL_VERIFY_SAN),
+            ssl_fail_verify_error: c(cluster::SSL_FAIL_VERIFY_ERROR),
             ssl_connection_error: c(cluster::SSL_CONNECTION_ERROR),
             codes: Arc::new(ResponseCodeStats {
                 store: store.clone(),

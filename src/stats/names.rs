@@ -76,6 +76,7 @@ pub mod cluster {
     ];
     pub const SSL_HANDSHAKE: &str = "ssl.handshake";
     pub const SSL_FAIL_VERIFY_SAN: &str = "ssl.fail_verify_san";
+    pub const SSL_FAIL_VERIFY_ERROR: &str = "ssl.fail_verify_error";
     pub const SSL_CONNECTION_ERROR: &str = "ssl.connection_error";
 }
 

@@ -97,7 +97,7 @@ impl Pool {
     ) -> Result<(Sender, bool), CheckoutError> {
         let tls = match (&rt.tls, &rt.config.tls) {
             (Some(Ok(config)), Some(settings)) => {
-                let name = super::tls::server_name(settings, authority, &rt.config.host)
+                let name = super::tls::server_name(settings, authority, &rt.config)
                     .ok_or_else(|| CheckoutError::Tls("invalid SNI".into()))?;
                 Some((config.clone(), name))
             }
@@ -125,11 +125,22 @@ impl Pool {
                         self.handshake(TokioIo::new(tls_stream), local, &key).await?
                     }
                     Ok(Err(e)) => {
+                        // As Envoy counts them: a failed TLS handshake is a failed connect, and
+                        // a certificate the verifier refused is `fail_verify_*`, not a
+                        // connection error.
+                        rt.stats.upstream_cx_connect_fail.inc();
+                        rt.host_stats(addr)
+                            .cx_connect_fail
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let text = e.to_string();
-                        if text.contains("NotValidForName") || text.contains("not valid for name") {
-                            rt.stats.ssl_fail_verify_san.inc();
-                        } else {
-                            rt.stats.ssl_connection_error.inc();
+                        let rustls_error = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+                        match rustls_error {
+                            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+                            | Some(rustls::Error::InvalidCertificate(
+                                rustls::CertificateError::NotValidForNameContext { .. },
+                            )) => rt.stats.ssl_fail_verify_san.inc(),
+                            Some(rustls::Error::InvalidCertificate(_)) => rt.stats.ssl_fail_verify_error.inc(),
+                            _ => rt.stats.ssl_connection_error.inc(),
                         }
                         return Err(CheckoutError::Tls(text));
                     }

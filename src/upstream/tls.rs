@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::routing::snapshot::{UpstreamProtocol, UpstreamTls, UpstreamTlsMode};
+use crate::routing::snapshot::{Cluster, UpstreamProtocol, UpstreamTls, UpstreamTlsMode};
 
 /// Builds the client config of a cluster. The error says which file or setting is wrong.
 pub fn client_config(
@@ -92,13 +92,22 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-/// The SNI to send: `tls.sni`, else the request authority (Envoy's auto_sni), else the host.
-pub fn server_name(tls: &UpstreamTls, authority: Option<&str>, host: &str) -> Option<ServerName<'static>> {
-    let name = tls
-        .sni
-        .clone()
-        .or_else(|| authority.map(|a| crate::routing::host::strip_port(a).to_string()))
-        .unwrap_or_else(|| host.to_string());
+/// The SNI to send: `tls.sni`; else for ISTIO_MUTUAL the cluster's DNS-SRV name
+/// (`outbound_.443_._.edition.cnn.com`, what istiod configures), else the request authority
+/// (Envoy's auto_sni), else the cluster host.
+pub fn server_name(tls: &UpstreamTls, authority: Option<&str>, cluster: &Cluster) -> Option<ServerName<'static>> {
+    let name = match (&tls.sni, tls.mode) {
+        (Some(sni), _) => sni.clone(),
+        (None, UpstreamTlsMode::IstioMutual) => format!(
+            "outbound_.{}_.{}_.{}",
+            cluster.port,
+            cluster.subset.as_deref().unwrap_or(""),
+            cluster.host
+        ),
+        (None, _) => authority
+            .map(|a| crate::routing::host::strip_port(a).to_string())
+            .unwrap_or_else(|| cluster.host.clone()),
+    };
     ServerName::try_from(name).ok()
 }
 
