@@ -154,7 +154,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>, mut stopp
                 // open connections keep working. Logged once per burst, not per retry.
                 let failures = accept_failed.value();
                 accept_failed.inc();
-                if failures % 1000 == 0 {
+                if failures.is_multiple_of(1000) {
                     tracing::warn!(listener = %ctx.name, error = %e, failures = failures + 1, "accept failed; backing off");
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
