@@ -48,6 +48,16 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, surface: Surface
     }
 }
 
+/// Brings counters kept outside the store up to date before a render.
+fn refresh(state: &AppState) {
+    state.server_stats.refresh();
+    let logger = state.shared.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|s| s.logger.clone());
+    if let Some(logger) = logger {
+        let counter = &state.server_stats.access_log_dropped;
+        counter.add(logger.dropped().saturating_sub(counter.value()));
+    }
+}
+
 fn handle(state: &AppState, surface: Surface, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
@@ -55,7 +65,7 @@ fn handle(state: &AppState, surface: Surface, req: Request<Incoming>) -> Respons
         (_, "/healthz/ready") | (Surface::Admin, "/ready") => ready(state),
         (Surface::Admin | Surface::Prometheus, "/stats/prometheus") => match options(query) {
             Ok(opts) => {
-                state.server_stats.refresh();
+                refresh(state);
                 let body = render::prometheus(&state.stats.snapshot(), &opts);
                 reply(StatusCode::OK, "text/plain; version=0.0.4", body)
             }
@@ -63,7 +73,7 @@ fn handle(state: &AppState, surface: Surface, req: Request<Incoming>) -> Respons
         },
         (Surface::Admin, "/stats") => match options(query) {
             Ok(opts) => {
-                state.server_stats.refresh();
+                refresh(state);
                 let snapshot = state.stats.snapshot();
                 if param(query, "format").as_deref() == Some("json") {
                     reply(StatusCode::OK, "application/json", render::json(&snapshot, &opts))
