@@ -51,7 +51,12 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, surface: Surface
 /// Brings counters kept outside the store up to date before a render.
 fn refresh(state: &AppState) {
     state.server_stats.refresh();
-    let logger = state.shared.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|s| s.logger.clone());
+    let logger = state
+        .shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|s| s.logger.clone());
     if let Some(logger) = logger {
         let counter = &state.server_stats.access_log_dropped;
         counter.add(logger.dropped().saturating_sub(counter.value()));

@@ -414,3 +414,58 @@ async fn headers_are_handled_like_envoys_gateway() {
         assert_eq!(seen.header(gone), None, "{gone} must not reach an external host");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_pool_limits_queue_then_overflow_with_uo() {
+    let dns = TestDns::start().await;
+    dns.set_a("cb.example.com", &[Ipv4Addr::new(127, 0, 0, 109)], 30);
+    let origin = Origin::start("127.0.0.109:80".parse().unwrap(), None);
+    // Istio's circuit-breaking task: one connection, one pending request.
+    let extra = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: cb}\nspec:\n  host: cb.example.com\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1}\n";
+    let dir = config("cb.example.com", extra);
+    let e = start(dir.path(), &dns, LogFormat::Text).await;
+    let url = gateway_url(&e, "/slow/600");
+    let mut tasks = Vec::new();
+    for i in 0..3u64 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            // Staggered so that the first holds the connection and the second is pending.
+            tokio::time::sleep(Duration::from_millis(100 * i)).await;
+            stdout(
+                &curl_async(&[
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-H",
+                    "Host: cb.example.com",
+                    &url,
+                ])
+                .await,
+            )
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    codes.sort();
+    assert_eq!(
+        codes,
+        ["200", "200", "503"],
+        "one served, one queued then served, one overflowed"
+    );
+    assert_eq!(origin.connections(), 1, "maxConnections: 1");
+    assert_eq!(
+        e.stat("cluster.outbound|80||cb.example.com.upstream_rq_pending_overflow"),
+        Some(1)
+    );
+    let lines = e.wait_for_log_lines(3, Duration::from_secs(5));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\" 503 UO upstream_reset_before_response_started{overflow} ")),
+        "{lines:#?}"
+    );
+}

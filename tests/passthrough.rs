@@ -764,3 +764,40 @@ async fn half_close_is_forwarded_and_the_reply_still_arrives() {
     let (rx, tx) = assert_passthrough_line(&line, &e, w.ip);
     assert_eq!((rx, tx), (expected.bytes, reply.len() as u64), "{line}");
 }
+
+/// A plain TCP Gateway server with a `tcp` route: bytes go through, counted under the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tcp_server_forwards_by_tcp_route() {
+    let dns = TestDns::start().await;
+    let ip = Ipv4Addr::new(127, 0, 0, 130);
+    dns.set_a("db.example.com", &[ip], 30);
+    let sink = SinkOrigin::start(SocketAddr::new(ip.into(), 5432), None);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tcp.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: egressgateway}\n  servers:\n  - port: {number: 5432, name: tcp, protocol: TCP}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db}\nspec:\n  hosts: [db.example.com]\n  ports: [{number: 5432, name: tcp, protocol: TCP}]\n  resolution: DNS\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db}\nspec:\n  hosts: [db.example.com]\n  gateways: [gw]\n  tcp:\n  - match: [{port: 5432}]\n    route: [{destination: {host: db.example.com, port: {number: 5432}}}]\n",
+    )
+    .unwrap();
+    let mut opts = EgressdOptions::new(dir.path());
+    opts.dns = Some(dns.addr());
+    opts.port_mapping = vec![(5432, 0)];
+    let e = Egressd::start_async(opts).await;
+    let mut stream = tokio::net::TcpStream::connect(e.gateway_addr(5432)).await.unwrap();
+    let payload = pattern(0, 1 << 20);
+    stream.write_all(&payload).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    assert_eq!(SinkResult::parse(&reply), Some(pattern_sink_result(1 << 20)), "{reply}");
+    assert_eq!(sink.connections(), 1);
+    drop(stream);
+    let line = e.wait_for_log_lines(1, Duration::from_secs(5)).remove(0);
+    assert!(
+        line.contains(&format!("\"{ip}:5432\" outbound|5432||db.example.com ")),
+        "{line}"
+    );
+    assert_eq!(
+        e.stat("tcp.outbound|5432||db.example.com.downstream_cx_rx_bytes_total"),
+        Some(1 << 20)
+    );
+}

@@ -22,7 +22,7 @@ use crate::routing::snapshot::{
     HeaderOps, HttpConnectionManager, Redirect, Route, RouteAction, Snapshot, WeightedCluster,
 };
 use crate::stats::HttpConnManagerStats;
-use crate::upstream::cluster::ClusterRuntime;
+use crate::upstream::cluster::{ClusterRuntime, ConnectError};
 use crate::upstream::pool::{CheckoutError, UpstreamBody};
 
 /// A downstream HTTP connection: where it came from and which route table serves it.
@@ -342,6 +342,11 @@ async fn forward(
     if endpoints.is_empty() {
         return Err(Failure::NoHealthyUpstream);
     }
+    if rt.stats.upstream_rq_active.value() >= u64::from(rt.config.limits.max_requests) {
+        // `http2MaxRequests`: Envoy's max_requests circuit breaker.
+        rt.stats.upstream_rq_pending_overflow.inc();
+        return Err(Failure::Overflow);
+    }
     let policy = &route.retry;
     let retry_connect = policy
         .retry_on
@@ -374,6 +379,8 @@ async fn forward(
         let checkout = with_deadline(deadline, rt.pool.checkout(rt, addr, Some(authority))).await;
         let mut sender = match checkout {
             None => return Err(Failure::Timeout),
+            // Circuit breakers are not retried (Envoy: 503 UO at once).
+            Some(Err(CheckoutError::Connect(ConnectError::Overflow))) => return Err(Failure::Overflow),
             Some(Err(CheckoutError::Connect(error))) => {
                 last = Failure::Connect {
                     error,

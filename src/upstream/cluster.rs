@@ -64,6 +64,7 @@ pub struct ClusterRuntime {
     pub pool: Pool,
     /// Open upstream connections, against `maxConnections`.
     open: Arc<AtomicU64>,
+    pending: AtomicU64,
     /// TLS origination (DestinationRule `tls`), or why it cannot be set up.
     pub tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
 }
@@ -112,6 +113,7 @@ impl ClusterRuntime {
             next: AtomicUsize::new(0),
             hosts: Mutex::new(HashMap::new()),
             open: Arc::new(AtomicU64::new(0)),
+            pending: AtomicU64::new(0),
             tls,
         }
     }
@@ -169,14 +171,31 @@ impl ClusterRuntime {
     /// Opens a TCP connection to `addr` under the connect timeout and `maxConnections`, counting
     /// it in the cluster and host stats. The stream counts bytes and releases the slot on drop.
     pub async fn connect(&self, addr: SocketAddr) -> Result<CountedStream, ConnectError> {
-        let host = self.host_stats(addr);
+        let Some(slot) = self.reserve() else {
+            self.stats.upstream_cx_overflow.inc();
+            return Err(ConnectError::Overflow);
+        };
+        self.connect_with(addr, slot).await
+    }
+
+    /// A connection slot under `maxConnections`, if one is free.
+    pub fn reserve(&self) -> Option<Slot> {
         let limit = u64::from(self.config.limits.max_connections);
         if self.open.fetch_add(1, Ordering::AcqRel) >= limit {
             self.open.fetch_sub(1, Ordering::AcqRel);
-            self.stats.upstream_cx_overflow.inc();
-            return Err(ConnectError::Overflow);
+            return None;
         }
-        let slot = Slot(self.open.clone());
+        Some(Slot(self.open.clone()))
+    }
+
+    /// Requests waiting for a connection slot (`http1MaxPendingRequests`).
+    pub fn pending(&self) -> &AtomicU64 {
+        &self.pending
+    }
+
+    /// [`Self::connect`] with a slot already reserved.
+    pub async fn connect_with(&self, addr: SocketAddr, slot: Slot) -> Result<CountedStream, ConnectError> {
+        let host = self.host_stats(addr);
         self.stats.upstream_cx_total.inc();
         host.cx_total.fetch_add(1, Ordering::Relaxed);
         let result = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr)).await;
@@ -218,7 +237,8 @@ fn describe_io_error(e: &io::Error) -> String {
     }
 }
 
-struct Slot(Arc<AtomicU64>);
+/// One of the cluster's `maxConnections`, released on drop.
+pub struct Slot(Arc<AtomicU64>);
 
 impl Drop for Slot {
     fn drop(&mut self) {

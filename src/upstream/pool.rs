@@ -105,14 +105,38 @@ impl Pool {
             _ => None,
         };
         let key: PoolKey = (addr, tls.as_ref().map(|(_, n)| Arc::from(n.to_str().as_ref())));
-        if self.protocol == UpstreamProtocol::Http2 {
-            if let Some((send, local)) = self.shared_ready(&key) {
-                return Ok((Sender::Http2 { send, local }, false));
+        // Reuse a connection; else open one if `maxConnections` allows; else wait as a pending
+        // request (at most `http1MaxPendingRequests` of them, as Envoy queues) until either.
+        let mut waiting: Option<PendingGuard<'_>> = None;
+        let started = tokio::time::Instant::now();
+        let slot = loop {
+            if self.protocol == UpstreamProtocol::Http2 {
+                if let Some((send, local)) = self.shared_ready(&key) {
+                    return Ok((Sender::Http2 { send, local }, false));
+                }
+            } else if let Some((send, uses, local)) = self.idle_ready(&key) {
+                return Ok((Sender::Http1 { send, uses, local, key }, false));
             }
-        } else if let Some((send, uses, local)) = self.idle_ready(&key) {
-            return Ok((Sender::Http1 { send, uses, local, key }, false));
-        }
-        let stream = rt.connect(addr).await.map_err(CheckoutError::Connect)?;
+            if let Some(slot) = rt.reserve() {
+                break slot;
+            }
+            if waiting.is_none() {
+                let pending = rt.pending().fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let guard = PendingGuard(rt.pending());
+                if pending >= u64::from(rt.config.limits.max_pending_requests) {
+                    rt.stats.upstream_rq_pending_overflow.inc();
+                    return Err(CheckoutError::Connect(ConnectError::Overflow));
+                }
+                waiting = Some(guard);
+            }
+            if started.elapsed() >= rt.config.connect_timeout {
+                rt.stats.upstream_cx_overflow.inc();
+                return Err(CheckoutError::Connect(ConnectError::Overflow));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        };
+        drop(waiting);
+        let stream = rt.connect_with(addr, slot).await.map_err(CheckoutError::Connect)?;
         let local = stream.local;
         let sender = match tls {
             None => self.handshake(TokioIo::new(stream), local, &key).await?,
@@ -246,4 +270,13 @@ pub enum CheckoutError {
     Handshake(String),
     /// TLS origination failed (bad config, handshake or verification).
     Tls(String),
+}
+
+/// Counts a request waiting for a connection slot while it waits.
+struct PendingGuard<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
