@@ -35,8 +35,10 @@ pub fn is_wildcard(host: &str) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct HostIndex {
     exact: HashMap<Box<str>, usize>,
-    /// `(suffix including the dot, index)`, longest suffix first.
-    wildcards: Vec<(Box<str>, usize)>,
+    /// Wildcard suffix including the leading dot (`.cnn.com` for `*.cnn.com`) → index.
+    wildcards: HashMap<Box<str>, usize>,
+    /// Length of the longest wildcard suffix, to skip probes that cannot match.
+    longest_wildcard: usize,
     any: Option<usize>,
 }
 
@@ -49,20 +51,16 @@ impl HostIndex {
             if domain == "*" {
                 index.any.get_or_insert(value);
             } else if let Some(suffix) = domain.strip_prefix('*') {
-                if !index.wildcards.iter().any(|(s, _)| **s == *suffix) {
-                    index.wildcards.push((suffix.into(), value));
-                }
+                index.longest_wildcard = index.longest_wildcard.max(suffix.len());
+                index.wildcards.entry(suffix.into()).or_insert(value);
             } else {
                 index.exact.entry(domain.into()).or_insert(value);
             }
         }
         index
-            .wildcards
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
-        index
     }
 
-    /// Finds the entry for `host` (port already stripped, any case).
+    /// Finds the entry for `host` (port already stripped, any case): one hash probe per label.
     pub fn find(&self, host: &str) -> Option<usize> {
         let lowered;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -75,13 +73,11 @@ impl HostIndex {
             return Some(*v);
         }
         if !self.wildcards.is_empty() {
-            // Walk the host's own suffixes (at each dot) from the longest, so the lookup costs
-            // O(labels) hash probes instead of a scan of every wildcard.
-            let longest = self.wildcards[0].0.len();
+            // The host's own suffixes at each dot, longest first: the first hit is the most
+            // specific wildcard.
             for (i, b) in host.bytes().enumerate().skip(1) {
-                if b == b'.' && host.len() - i <= longest {
-                    let suffix = &host[i..];
-                    if let Some((_, v)) = self.wildcards.iter().find(|(s, _)| **s == *suffix) {
+                if b == b'.' && host.len() - i <= self.longest_wildcard {
+                    if let Some(v) = self.wildcards.get(&host[i..]) {
                         return Some(*v);
                     }
                 }
