@@ -4,6 +4,7 @@
 pub mod body;
 pub mod http;
 pub mod local_reply;
+pub mod splice;
 pub mod tcp;
 
 use std::collections::HashMap;

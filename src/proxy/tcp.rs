@@ -26,7 +26,7 @@ pub struct TcpSession<S> {
 
 pub async fn proxy<S>(ctx: &ListenerContext, snapshot: &Snapshot, route: &TcpProxy, session: TcpSession<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let clock = Instant::now();
     let mut record = AccessLogRecord::new(session.started);
@@ -69,7 +69,7 @@ async fn forward<S>(
     record: &mut AccessLogRecord,
 ) -> Option<(u64, u64)>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let weighted = pick(&route.clusters)?;
     let Some(cluster) = snapshot.cluster(&weighted.cluster) else {
@@ -106,6 +106,19 @@ where
         return Some((replayed, 0));
     }
     session.replay = Vec::new();
+    // Plain TCP downstream (passthrough, tcp routes): move bytes with splice(2), never through
+    // user space. TLS-terminated streams need the bytes decrypted, so they are copied.
+    if let Some(tcp) = (&session.downstream as &dyn std::any::Any).downcast_ref::<tokio::net::TcpStream>() {
+        let progress = super::splice::Progress::default();
+        if let Err(e) = super::splice::bidirectional(tcp, upstream.tcp(), &progress).await {
+            tracing::debug!(error = %e, cluster = %rt.name, "tcp proxy ended with an error");
+            record.connection_termination_details = Some("connection_reset".into());
+        }
+        let to_upstream = progress.a_to_b.load(std::sync::atomic::Ordering::Relaxed);
+        let to_downstream = progress.b_to_a.load(std::sync::atomic::Ordering::Relaxed);
+        upstream.count_spliced(to_downstream, to_upstream);
+        return Some((replayed + to_upstream, to_downstream));
+    }
     let mut downstream = Counted {
         inner: &mut session.downstream,
         read: 0,

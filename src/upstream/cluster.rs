@@ -262,6 +262,12 @@ impl CountedStream {
     pub fn tcp(&self) -> &TcpStream {
         &self.inner
     }
+
+    /// Counts bytes moved without passing through this stream's read/write (splice(2)).
+    pub fn count_spliced(&self, from_upstream: u64, to_upstream: u64) {
+        self.rx.add(from_upstream);
+        self.tx.add(to_upstream);
+    }
 }
 
 impl Drop for CountedStream {
