@@ -566,7 +566,7 @@ pub fn passthrough_chains(
 ) -> Vec<FilterChain> {
     let mut chains = Vec::new();
     // SNI → the match that routes it, to report a second match for the same name.
-    let mut routed: Vec<(String, String)> = Vec::new();
+    let mut routed: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for b in bindings {
         if b.hosts_on(server).is_empty() {
             continue;
@@ -594,13 +594,13 @@ pub fn passthrough_chains(
                         .iter()
                         .filter(|(ns, _)| ns == "*" || *ns == b.vs.namespace)
                         .find_map(|(_, h)| host::intersect(h, &sni).map(str::to_string));
-                    if let Some((_, owner)) = covered.as_ref().and_then(|c| routed.iter().find(|(n, _)| n == c)) {
+                    if let Some(owner) = covered.as_ref().and_then(|c| routed.get(c)) {
                         cx.error(b.vs, &format!("{mf}.sniHosts"), format!("SNI `{sni}` on port {} is already routed by {owner}; istiod would skip this match with only a warning", server.port), "route each SNI host once per gateway port");
                         continue;
                     }
                     match covered {
                         Some(name) if !names.contains(&name) => {
-                            routed.push((name.clone(), format!("{} {mf}", b.vs.id())));
+                            routed.insert(name.clone(), format!("{} {mf}", b.vs.id()));
                             names.push(name)
                         }
                         Some(_) => {}
