@@ -65,6 +65,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             _ => tracing::info!("{d}"),
         }
     }
+    // Every proxied connection costs two descriptors; a default soft limit of 1024 would cap a
+    // gateway at ~500 connections. Raise it to the hard limit, as container runtimes allow.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let concurrency = bootstrap
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
