@@ -112,7 +112,9 @@ pub struct Timeouts {
     /// Idle HTTP connection (Envoy's 1 h default idle_timeout).
     #[serde(with = "serde_str")]
     pub http_idle: Duration,
-    /// Time to receive the request headers.
+    /// Time to receive a request's headers. hyper counts the wait for the next request on a
+    /// keep-alive connection too, so this is also the idle timeout of HTTP/1.1 connections;
+    /// the default matches Envoy's 1 h idle timeout, so sidecars' pooled connections stay up.
     #[serde(with = "serde_str")]
     pub request_headers: Duration,
 }
@@ -187,7 +189,7 @@ impl Default for Timeouts {
             client_hello: Duration::from_secs(15),
             tls_handshake: Duration::from_secs(15),
             http_idle: Duration::from_secs(3600),
-            request_headers: Duration::from_secs(60),
+            request_headers: Duration::from_secs(3600),
         }
     }
 }

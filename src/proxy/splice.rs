@@ -80,6 +80,8 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 }
 
 async fn one_way(from: &TcpStream, to: &TcpStream, count: &std::sync::atomic::AtomicU64) -> io::Result<()> {
+    // The pipe is made when the first bytes arrive: an idle tunnel holds no pipe descriptors.
+    from.readable().await?;
     let pipe = Pipe::new()?;
     loop {
         let n = from
