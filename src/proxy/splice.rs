@@ -79,34 +79,62 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// Empty pipes kept for reuse: a direction holds a pipe only while bytes flow, so idle
+/// tunnels cost two descriptors (their sockets), not six.
+static PIPES: std::sync::Mutex<Vec<Pipe>> = std::sync::Mutex::new(Vec::new());
+const MAX_POOLED_PIPES: usize = 64;
+
+fn take_pipe() -> io::Result<Pipe> {
+    let pooled = PIPES.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    match pooled {
+        Some(pipe) => Ok(pipe),
+        None => Pipe::new(),
+    }
+}
+
+/// Returns an empty pipe to the pool (a pipe with bytes in it is dropped instead).
+fn give_back(pipe: Pipe) {
+    let mut pool = PIPES.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < MAX_POOLED_PIPES {
+        pool.push(pipe);
+    }
+}
+
 async fn one_way(from: &TcpStream, to: &TcpStream, count: &std::sync::atomic::AtomicU64) -> io::Result<()> {
-    // The pipe is made when the first bytes arrive: an idle tunnel holds no pipe descriptors.
-    from.readable().await?;
-    let pipe = Pipe::new()?;
     loop {
-        let n = from
-            .async_io(Interest::READABLE, || {
+        from.readable().await?;
+        let pipe = take_pipe()?;
+        // Move bytes while they are there; when the socket runs dry, give the pipe back and
+        // wait again.
+        loop {
+            let n = match from.try_io(Interest::READABLE, || {
                 splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)
-            })
-            .await?;
-        if n == 0 {
-            // The sender finished: pass the half-close on and let the other direction run.
-            let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
-            return Ok(());
-        }
-        let mut left = n;
-        while left > 0 {
-            let m = to
-                .async_io(Interest::WRITABLE, || {
-                    splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
-                })
-                .await?;
-            if m == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+            }) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                // The sender finished: pass the half-close on and let the other direction run.
+                give_back(pipe);
+                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                return Ok(());
             }
-            left -= m;
+            let mut left = n;
+            while left > 0 {
+                let m = to
+                    .async_io(Interest::WRITABLE, || {
+                        splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
+                    })
+                    .await?;
+                if m == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                left -= m;
+            }
+            count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
-        count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        give_back(pipe);
     }
 }
 
