@@ -18,6 +18,14 @@ use super::tools::{free_addr, http_get, http_request, HttpResponse};
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Poll interval of every wait here.
 const POLL: Duration = Duration::from_millis(20);
+/// Free ports are picked by binding port 0 and releasing it, so another test may take one
+/// before egressd binds it: such a start is retried with fresh ports.
+const BIND_ATTEMPTS: u32 = 4;
+
+fn lost_port_race(stderr: &str) -> bool {
+    stderr.contains("Address already in use")
+}
+
 /// Grace between SIGTERM and SIGKILL when stopping.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -93,32 +101,52 @@ impl Egressd {
     /// Spawns egressd and waits (up to 15 s) until `/ready` answers 200; panics with its stderr
     /// if it exits or does not get ready (the child is stopped first).
     pub fn start(opts: EgressdOptions) -> Egressd {
-        let mut e = Egressd::spawn(opts);
-        if let Err(why) = e.wait_ready(READY_TIMEOUT) {
-            e.stop();
-            panic!("egressd did not get ready: {why}\n--- stderr ---\n{}", e.stderr());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut e = Egressd::spawn(opts.clone());
+            match e.wait_ready(READY_TIMEOUT) {
+                Ok(()) => return e,
+                Err(why) => {
+                    e.stop();
+                    let stderr = e.stderr();
+                    if attempt < BIND_ATTEMPTS && lost_port_race(&stderr) {
+                        continue;
+                    }
+                    panic!("egressd did not get ready: {why}\n--- stderr ---\n{stderr}");
+                }
+            }
         }
-        e
     }
 
     /// [`Egressd::start`] for async tests: polls with tokio's timer so that peers on the test's
     /// runtime (e.g. `TestDns`) keep running meanwhile.
     pub async fn start_async(opts: EgressdOptions) -> Egressd {
-        let mut e = Egressd::spawn(opts);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let result = loop {
-            match e.ready_once() {
-                Ok(true) => break Ok(()),
-                Ok(false) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
-                Ok(false) => break Err(format!("no 200 from /ready within {READY_TIMEOUT:?}")),
-                Err(why) => break Err(why),
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut e = Egressd::spawn(opts.clone());
+            let deadline = Instant::now() + READY_TIMEOUT;
+            let result = loop {
+                match e.ready_once() {
+                    Ok(true) => break Ok(()),
+                    Ok(false) if Instant::now() < deadline => tokio::time::sleep(POLL).await,
+                    Ok(false) => break Err(format!("no 200 from /ready within {READY_TIMEOUT:?}")),
+                    Err(why) => break Err(why),
+                }
+            };
+            match result {
+                Ok(()) => return e,
+                Err(why) => {
+                    e.stop();
+                    let stderr = e.stderr();
+                    if attempt < BIND_ATTEMPTS && lost_port_race(&stderr) {
+                        continue;
+                    }
+                    panic!("egressd did not get ready: {why}\n--- stderr ---\n{stderr}");
+                }
             }
-        };
-        if let Err(why) = result {
-            e.stop();
-            panic!("egressd did not get ready: {why}\n--- stderr ---\n{}", e.stderr());
         }
-        e
     }
 
     /// Spawns egressd without waiting for it (for tests of startup failures).
