@@ -69,3 +69,21 @@ impl Shared {
         s
     }
 }
+
+/// Picks one destination by weight (a single destination is taken as is).
+pub fn pick_weighted(
+    clusters: &[crate::routing::snapshot::WeightedCluster],
+) -> Option<&crate::routing::snapshot::WeightedCluster> {
+    if clusters.len() <= 1 {
+        return clusters.first();
+    }
+    let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
+    let mut ticket = fastrand::u64(..total.max(1));
+    for c in clusters {
+        if ticket < u64::from(c.weight) {
+            return Some(c);
+        }
+        ticket -= u64::from(c.weight);
+    }
+    clusters.last()
+}

@@ -18,9 +18,7 @@ use super::local_reply::Failure;
 use super::Shared;
 use crate::access_log::{AccessLogRecord, Protocol};
 use crate::routing::http_match::RequestView;
-use crate::routing::snapshot::{
-    HeaderOps, HttpConnectionManager, Redirect, Route, RouteAction, Snapshot, WeightedCluster,
-};
+use crate::routing::snapshot::{HeaderOps, HttpConnectionManager, Redirect, Route, RouteAction, Snapshot};
 use crate::stats::HttpConnManagerStats;
 use crate::upstream::cluster::{ClusterRuntime, ConnectError};
 use crate::upstream::pool::{CheckoutError, UpstreamBody};
@@ -93,7 +91,7 @@ pub async fn handle(
         RouteAction::Redirect(redirect) => {
             return Ok(redirect_reply(log, redirect, &parts.uri, &authority, conn.scheme))
         }
-        RouteAction::Forward(clusters) => pick_weighted(clusters),
+        RouteAction::Forward(clusters) => super::pick_weighted(clusters),
     };
     let Some(weighted) = weighted else {
         return Ok(local(log, &Failure::NoRoute, &conn.stats));
@@ -221,21 +219,6 @@ fn apply_header_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
     for name in &ops.remove {
         headers.remove(name.as_str());
     }
-}
-
-fn pick_weighted(clusters: &[WeightedCluster]) -> Option<&WeightedCluster> {
-    if clusters.len() <= 1 {
-        return clusters.first();
-    }
-    let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
-    let mut ticket = fastrand::u64(..total.max(1));
-    for c in clusters {
-        if ticket < u64::from(c.weight) {
-            return Some(c);
-        }
-        ticket -= u64::from(c.weight);
-    }
-    clusters.last()
 }
 
 /// Applies the route's rewrite to the path; returns the authority to send upstream.

@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::access_log::{AccessLogRecord, ResponseFlags};
 use crate::listener::ListenerContext;
-use crate::routing::snapshot::{Snapshot, TcpProxy, WeightedCluster};
+use crate::routing::snapshot::{Snapshot, TcpProxy};
 use crate::upstream::cluster::ConnectError;
 
 /// One downstream connection to forward.
@@ -71,7 +71,7 @@ async fn forward<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let weighted = pick(&route.clusters)?;
+    let weighted = super::pick_weighted(&route.clusters)?;
     let Some(cluster) = snapshot.cluster(&weighted.cluster) else {
         record.upstream_cluster = Some(weighted.cluster.as_str().into());
         record.response_flags.insert(ResponseFlags::NC);
@@ -178,19 +178,4 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
-}
-
-fn pick(clusters: &[WeightedCluster]) -> Option<&WeightedCluster> {
-    if clusters.len() <= 1 {
-        return clusters.first();
-    }
-    let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
-    let mut ticket = fastrand::u64(..total.max(1));
-    for c in clusters {
-        if ticket < u64::from(c.weight) {
-            return Some(c);
-        }
-        ticket -= u64::from(c.weight);
-    }
-    clusters.last()
 }
