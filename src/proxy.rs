@@ -87,3 +87,28 @@ pub fn pick_weighted(
     }
     clusters.last()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::routing::snapshot::{HeaderOps, WeightedCluster};
+
+    fn wc(name: &str, weight: u32) -> WeightedCluster {
+        WeightedCluster {
+            cluster: name.into(),
+            weight,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+        }
+    }
+
+    #[test]
+    fn weights_split_traffic() {
+        let clusters = [wc("a", 70), wc("b", 30)];
+        let a = (0..10_000)
+            .filter(|_| super::pick_weighted(&clusters).unwrap().cluster == "a")
+            .count();
+        assert!((6_600..7_400).contains(&a), "{a} of 10000 went to the 70% destination");
+        assert_eq!(super::pick_weighted(&[wc("only", 0)]).unwrap().cluster, "only");
+        assert!(super::pick_weighted(&[]).is_none());
+    }
+}
