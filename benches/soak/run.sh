@@ -31,4 +31,7 @@ cargo build --release --quiet
 mkdir -p target/soak
 cp -f target/release/egressd target/soak/egressd.new
 mv -f target/soak/egressd.new target/soak/egressd
-exec python3 benches/soak/soak.py --egressd target/soak/egressd --command "benches/soak/run.sh${*:+ $*}" "$@"
+# The interpreter itself, not a wrapper such as a pyenv shim: this pid becomes the driver, so that
+# a SIGTERM to it reaches the script, which then stops egressd and the origins.
+PY=$(python3 -c "import sys; print(sys.executable)")
+exec "$PY" benches/soak/soak.py --egressd target/soak/egressd --command "benches/soak/run.sh${*:+ $*}" "$@"

@@ -50,7 +50,6 @@ import shutil
 import signal
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import threading
@@ -250,12 +249,6 @@ class Pki:
                   "-extfile", str(self.cnf), "-extensions", ext, "-out", str(cert))
         csr.unlink()
         return cert, key
-
-
-def der_of(pem_path: Path) -> bytes:
-    text = pem_path.read_text()
-    first = text[: text.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
-    return ssl.PEM_cert_to_DER_cert(first)
 
 
 class GatewayCerts:
