@@ -72,7 +72,9 @@ pub async fn serve<S>(
         peer_identity,
         stats: stats.clone(),
     });
-    let service = service_fn(move |req| handle(conn.clone(), req));
+    // Boxed: hyper keeps a slot the size of the service's future for the connection's whole
+    // life; the request future is ~20 KiB, a box is allocated only while a request is in flight.
+    let service = service_fn(move |req| Box::pin(handle(conn.clone(), req)));
     let limits = &ctx.bootstrap.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -75,7 +75,8 @@ pub async fn serve(
             _ => refuse(&ctx, started, remote, session.server_name, "no_cluster_for_server_name"),
         },
         ChainKind::TerminateHttp { .. } | ChainKind::TerminateTcp { .. } => {
-            super::mtls::serve(ctx.clone(), snapshot.clone(), index, chain_index, session).await
+            // Boxed: the terminating path's future is ~8 KiB; passthrough tasks should not carry it.
+            Box::pin(super::mtls::serve(ctx.clone(), snapshot.clone(), index, chain_index, session)).await
         }
     }
 }
