@@ -59,7 +59,12 @@ SCENARIOS = [
     ("idle-http", "idle-http", "idle HTTP keep-alive connections (each did one GET) held open", "/1k", False),
     ("idle-tls", "idle-tls", "idle TLS passthrough connections (each did one GET over TLS) held open", "/1k", False),
     ("idle-mtls", "idle-mtls", "idle ISTIO_MUTUAL connections (client certificate, ALPN istio-http/1.1; each did one GET) held open", "/1k", False),
+    ("workers-1", "wrk-http", "http-ka-1k with nothing pinned (proxy, wrk -t2 and nginx share both CPUs) and one proxy worker (`--concurrency 1`)", "/1k", False),
+    ("workers-2", "wrk-http", "the same with two proxy workers (`--concurrency 2`)", "/1k", False),
 ]
+# Scenarios that run unpinned, with this many proxy workers (issue 6 item 4: do 2 workers serve
+# more than 1 on a 2-CPU machine?).
+WORKERS = {"workers-1": 1, "workers-2": 2}
 # Scenarios whose CPU figure is per GiB moved (the others: per 10k requests).
 PER_GIB = {"http-ka-151k", "tls-bulk-100m"}
 
@@ -182,6 +187,7 @@ class Proxy:
         self.tls_port = free_port()
         self.admin_port = free_port()
         self.listen_port = self.http_port  # the listener whose first accept is "listening"
+        self.concurrency = 1
         self.starts = []  # {"listen_ms", "ready_ms", "idle_rss_kib"}
 
     @property
@@ -249,7 +255,7 @@ class Envoy(Proxy):
     def command(self):
         # istio-proxy's flags (reference §3), one worker.
         return [
-            str(self.binary), "-c", str(self.config), "--concurrency", "1",
+            str(self.binary), "-c", str(self.config), "--concurrency", str(self.concurrency),
             "--disable-hot-restart", "--drain-time-s", "45", "--drain-strategy", "immediate",
             "--local-address-ip-version", "v4", "--file-flush-interval-msec", "1000",
             "--allow-unknown-static-fields", "--log-level", "warning",
@@ -286,7 +292,7 @@ class Egressd(Proxy):
             "--prometheus", f"{PROXY_IP}:{self.prom_port}",
             "--dns", f"127.0.0.1:{self.dns_port}",
             "--access-log", "off",
-            "--concurrency", "1",
+            "--concurrency", str(self.concurrency),
         ]
 
 
@@ -351,9 +357,11 @@ class Origin:
 # Clients (all inherit CPU 1 from this script)
 
 
-def run_wrk(url, connect_to, seconds, close, conns=50):
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s",
+def run_wrk(url, connect_to, seconds, close, conns=50, cpus=None):
+    cmd = ["wrk", "-t1" if cpus is None else "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s",
            "-s", str(HERE / "wrk-report.lua")]
+    if cpus is not None:
+        cmd = ["taskset", "-c", cpus, *cmd]
     if close:
         cmd += ["-H", "Connection: close"]
     cmd.append(url)
@@ -559,6 +567,10 @@ def measure(scenario, target, env, args):
     if kind.startswith("idle") and proxy is None:
         return None  # no proxy, nothing to hold connections
     pid = None
+    workers = WORKERS.get(name)
+    cpus = "0,1" if workers else None
+    if proxy and workers:
+        proxy.cpu, proxy.concurrency = cpus, workers
     try:
         pid = proxy.start() if proxy else None
         if sidecar:
@@ -577,7 +589,9 @@ def measure(scenario, target, env, args):
         if kind == "bulk":
             run_bulk(tls_addr, 0, max_downloads=1)  # warm-up
             cpu0 = proc_cpu(pid) if pid else None
+            profile = start_perf(pid, name, target, args) if pid else None
             res = run_bulk(tls_addr, args.duration)
+            finish_perf(profile)
         else:
             if kind == "wrk-mtls":
                 url, addr = f"http://{HOST}{path}", (sidecar.tls_addr if close else sidecar.http_addr)
@@ -586,9 +600,11 @@ def measure(scenario, target, env, args):
                 url, addr = f"https://{HOST}{path}", tls_addr
             else:
                 url, addr = f"http://{HOST}{path}", http_addr
-            run_wrk(url, addr, args.warmup, close)
+            run_wrk(url, addr, args.warmup, close, cpus=cpus)
             cpu0 = proc_cpu(pid) if pid else None
-            res = run_wrk(url, addr, args.duration, close)
+            profile = start_perf(pid, name, target, args) if pid else None
+            res = run_wrk(url, addr, args.duration, close, cpus=cpus)
+            finish_perf(profile)
         if pid:
             res["cpu_s"] = proc_cpu(pid) - cpu0
             st = proc_status(pid)
@@ -601,6 +617,38 @@ def measure(scenario, target, env, args):
             sidecar.stop()
         if proxy:
             proxy.stop()
+            proxy.cpu, proxy.concurrency = "0", 1
+
+
+def start_perf(pid, scenario, target, args):
+    """With --perf: `perf record` attached to the proxy for the measured interval (egressd only;
+    it costs the proxy CPU, so a profiled run's CPU figures are not comparable)."""
+    if not args.perf or target != "egressd":
+        return None
+    out = args.run_dir / f"perf-{scenario}-{target}-{len(list(args.run_dir.glob(f'perf-{scenario}-{target}-*.data')))}.data"
+    cmd = ["perf", "record", "-q", "-F", "1999", "-g", "--call-graph", "dwarf,16384", "-p", str(pid),
+           "-o", str(out), "--", "sleep", str(args.duration)]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    STARTED.append(p)
+    return p, out
+
+
+def finish_perf(profile):
+    """Waits for `perf record`, then writes the flat profile next to it (`.txt`)."""
+    if profile is None:
+        return
+    p, out = profile
+    try:
+        p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        stop(p)
+        return
+    report_txt = out.with_suffix(".txt")
+    with open(report_txt, "w") as f:
+        subprocess.run(["perf", "report", "-i", str(out), "--stdio", "--no-children", "--percent-limit", "0.7",
+                        "-g", "none", "--sort", "dso,symbol"],
+                       stdout=f, stderr=subprocess.DEVNULL, timeout=600)
+    log(f"  profile: {report_txt}")
 
 
 def summary_line(name, target, r, res):
@@ -699,7 +747,8 @@ def report(results, scenarios, proxy_starts, args, meta):
     L.append("")
     L.append(f"Command: `{meta['command']}` ({meta['egressd']}; Envoy {meta['envoy']}; {meta['nginx']}; "
              f"{meta['wrk']}; {meta['curl']}). Each proxy: 1 worker pinned to CPU 0; load generator and nginx "
-             f"origin pinned to CPU 1; loopback only; access logs off; STATIC endpoints (no DNS).")
+             f"origin pinned to CPU 1 (workers-*: nothing pinned, 1 or 2 proxy workers); loopback only; "
+             f"access logs off; STATIC endpoints (no DNS).{' Profiled with perf (CPU figures inflated).' if meta.get('perf') else ''}")
     L.append("")
     L.append("| scenario | target | req/s | MB/s | p50 ms | p99 ms | errors | proxy CPU | proxy peak RSS MiB |")
     L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -733,6 +782,17 @@ def report(results, scenarios, proxy_starts, args, meta):
         L.append(f"| {name} | {ratio(e['rps'], v['rps'])} | {ratio(e[cpu_key], v[cpu_key])} | "
                  f"{ratio(e['p99_ms'], v['p99_ms'])} | {ratio(e['hwm_kib'], v['hwm_kib'])} | "
                  f"{ratio(e['rps'], d['rps']) if d else '-'} |")
+    if all(any(sc[0] == w for sc in scenarios) for w in WORKERS):
+        L.append("")
+        L.append("| workers (nothing pinned) | req/s, 1 worker | req/s, 2 workers | 2 workers / 1 | "
+                 "CPU s/10k req, 1 worker | CPU s/10k req, 2 workers |")
+        L.append("|---|---:|---:|---:|---:|---:|")
+        for t in TARGETS:
+            one, two = aggregate(results, "workers-1", t), aggregate(results, "workers-2", t)
+            if one and two:
+                L.append(f"| {t if t != 'direct' else 'direct (no proxy)'} | {fmt(one['rps'], 1)} | "
+                         f"{fmt(two['rps'], 1)} | {ratio(two['rps'], one['rps'])} | "
+                         f"{fmt(one['cpu_per_10k'], 3)} | {fmt(two['cpu_per_10k'], 3)} |")
     L.append("")
     L.append(f"| proxy | idle RSS MiB | RSS per idle conn KiB: HTTP ({IDLE_CONNS:,}) | "
              f"TLS passthrough ({args.idle_tls_conns:,}) | ISTIO_MUTUAL ({IDLE_CONNS:,}) | "
@@ -809,6 +869,8 @@ def main():
     ap.add_argument("--duration", type=int, help="seconds per measured run")
     ap.add_argument("--warmup", type=int, help="seconds of warm-up load before each measured run")
     ap.add_argument("--only", help="comma-separated scenario names")
+    ap.add_argument("--perf", action="store_true",
+                    help="profile egressd with `perf record` during each measured run (perf-*.data/.txt in the run dir)")
     ap.add_argument("--report", type=Path, metavar="RUN_DIR",
                     help="print the table of a past run again from its results.json, and exit")
     ap.add_argument("--envoy", type=Path)
@@ -845,6 +907,7 @@ def main():
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = args.out / f"run-{stamp}"
     run_dir.mkdir(parents=True)
+    args.run_dir = run_dir
     # Run a copy: a `cargo build` by someone else during the run must not swap the binary under test.
     shutil.copy2(args.egressd, run_dir / "egressd")
     args.egressd = run_dir / "egressd"
@@ -905,19 +968,28 @@ def main():
             scenarios = [s for s in scenarios if s[1] not in MTLS_KINDS]
 
         results = {}
+        # The workers-* scenarios alternate with each other within a round too (1, 2, 1, 2 ...).
+        groups = []
         for sc in scenarios:
-            log(f"scenario {sc[0]}: {sc[2]}")
+            if sc[0] in WORKERS and groups and groups[-1][0][0] in WORKERS:
+                groups[-1].append(sc)
+            else:
+                groups.append([sc])
+        for group in groups:
+            for sc in group:
+                log(f"scenario {sc[0]}: {sc[2]}")
             for r in range(1, args.rounds + 1):
-                for t in TARGETS:
-                    try:
-                        res = measure(sc, t, env, args)
-                    except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
-                        log(f"  [{sc[0]} r{r} {t}] FAILED: {e}")
-                        res = None
-                    summary_line(sc[0], t, r, res)
-                    results.setdefault((sc[0], t), []).append(res)
+                for sc in group:
+                    for t in TARGETS:
+                        try:
+                            res = measure(sc, t, env, args)
+                        except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+                            log(f"  [{sc[0]} r{r} {t}] FAILED: {e}")
+                            res = None
+                        summary_line(sc[0], t, r, res)
+                        results.setdefault((sc[0], t), []).append(res)
         meta["minutes"] = (time.monotonic() - t_start) / 60
-        meta.update(quick=args.quick, rounds=args.rounds, duration=args.duration,
+        meta.update(perf=args.perf, quick=args.quick, rounds=args.rounds, duration=args.duration,
                     idle_tls_conns=args.idle_tls_conns)
         md = report(results, scenarios, {t: p.starts for t, p in env["main"].items()}, args, meta)
         (run_dir / "results.md").write_text(md + "\n")
