@@ -3,6 +3,7 @@
 //! On a config reload the bound set is diffed: an unchanged address keeps its socket and every
 //! open connection, a new one is bound, a removed one stops accepting and drains.
 
+pub mod h1;
 pub mod http;
 pub mod mtls;
 pub mod tls;

@@ -9,7 +9,7 @@
 //! TLS port, oversized records and ClientHellos, a ClientHello too slow (tests/passthrough.rs);
 //! invalid, half-written or deleted config files (tests/reload_drain.rs).
 //!
-//! Loopback addresses 127.0.0.170-178, one per test.
+//! Loopback addresses 127.0.0.170-181, one per test.
 
 mod support;
 
@@ -414,14 +414,14 @@ async fn request_smuggling_attempts_never_reach_the_origin_as_two_requests() {
             format!(
                 "POST /echo HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n{chunked}"
             ),
-            &[400, 200],
+            &[400],
         ),
         (
             "Transfer-Encoding: chunked + Content-Length",
             format!(
                 "POST /echo HTTP/1.1\r\nhost: {HOST}\r\ntransfer-encoding: chunked\r\ncontent-length: 4\r\n\r\n{chunked}"
             ),
-            &[400, 200],
+            &[400],
         ),
         (
             "two different Content-Lengths",
@@ -953,5 +953,226 @@ async fn dns_timeout_for_an_unresolved_host_gives_503_uh() {
     assert!(line.contains("\" 503 UH no_healthy_upstream "), "{line}");
     // DNS stays silent: the connections opened before still work on the answers they had.
     g.assert_healthy("with DNS silent").await;
+    g.finish().await;
+}
+
+/// RFC 9112 framing as Envoy enforces it, with every refusal logged (`DPE` and the codec's
+/// detail) and counted, and the connection closed after the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_framing_refusals_are_answered_logged_and_counted() {
+    let mut g = Gateway::start(Ipv4Addr::new(127, 0, 0, 179), None, None).await;
+    let before = g.origin.requests().len();
+    let cases: [(&str, String, u16, &str); 4] = [
+        (
+            "Content-Length + Transfer-Encoding",
+            format!("POST /echo HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"),
+            400,
+            "http1.content_length_and_chunked_not_allowed",
+        ),
+        (
+            "a transfer coding other than chunked",
+            format!("POST /echo HTTP/1.1\r\nhost: {HOST}\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+            501,
+            "http1.invalid_transfer_encoding",
+        ),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            format!("POST /echo HTTP/1.0\r\nhost: {HOST}\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"),
+            400,
+            "http1.invalid_transfer_encoding",
+        ),
+        (
+            "a malformed request line",
+            "GET /a b HTTP/1.1\r\nhost: x\r\n\r\n".to_string(),
+            400,
+            "http1.codec_error",
+        ),
+    ];
+    for (what, request, status, detail) in &cases {
+        let (bytes, _) = send_raw(&g.e, request.as_bytes(), what).await;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        assert_eq!(status_of(&bytes), Some(*status), "{what}: {text:?}");
+        assert!(
+            text.to_ascii_lowercase().contains("connection: close"),
+            "{what}: {text:?}"
+        );
+        let line = log_line(&g.e, &format!("\" {status} DPE {detail} ")).await;
+        assert!(line.contains("\"- - -\""), "{what}: {line}");
+    }
+    assert_eq!(
+        g.origin.requests().len(),
+        before,
+        "a refused request reached the origin"
+    );
+    let stats = g.e.stats();
+    let count = |suffix: &str| {
+        stats
+            .lines()
+            .filter(|l| l.starts_with("http.outbound_"))
+            .find_map(|l| l.split_once(&format!(".{suffix}: ")).map(|(_, v)| v))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        count("downstream_rq_4xx") >= 3 && count("downstream_rq_5xx") >= 1,
+        "refusals not counted:\n{}",
+        stats
+            .lines()
+            .filter(|l| l.contains("downstream_rq"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    g.assert_healthy("after framing refusals").await;
+    g.finish().await;
+}
+
+/// Reads `n` responses framed by content-length off `io`; returns (status, head, body) each.
+async fn read_responses<S: AsyncRead + Unpin>(io: &mut S, n: usize) -> Vec<(u16, String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let Some(head_end) = find(&buf, b"\r\n\r\n").map(|p| p + 4) else {
+            read_more(io, &mut buf).await;
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            read_more(io, &mut buf).await;
+        }
+        let status = status_of(&buf).or_else(|| {
+            let line = buf.strip_prefix(b"HTTP/1.0 ")?;
+            std::str::from_utf8(line.get(..3)?).ok()?.parse().ok()
+        });
+        out.push((status.unwrap_or(0), head, buf[head_end..head_end + len].to_vec()));
+        buf.drain(..head_end + len);
+    }
+    out
+}
+
+/// The HTTP/1.1 features clients rely on, through the gateway: pipelining (answers in order),
+/// `Expect: 100-continue` (answered by the gateway, as Envoy does), HTTP/1.0 with and without
+/// keep-alive, and chunked request bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_pipelining_expect_continue_http10_and_chunked_bodies() {
+    let g = Gateway::start(Ipv4Addr::new(127, 0, 0, 180), None, None).await;
+
+    // Three pipelined requests in one write.
+    let mut s = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
+    let mut pipelined = Vec::new();
+    for n in [5, 7, 9] {
+        pipelined.extend(get_request(&format!("/bytes/{n}")));
+    }
+    s.write_all(&pipelined).await.unwrap();
+    let replies = read_responses(&mut s, 3).await;
+    for ((status, head, body), n) in replies.iter().zip([5, 7, 9]) {
+        assert_eq!(
+            (*status, body.clone()),
+            (200, pattern(0, n)),
+            "pipelined /bytes/{n}: {head}"
+        );
+    }
+
+    // Expect: 100-continue: the interim answer comes before the body is sent.
+    s.write_all(
+        format!("POST /echo HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut interim = Vec::new();
+    while find(&interim, b"\r\n\r\n").is_none() {
+        read_more(&mut s, &mut interim).await;
+    }
+    assert_eq!(
+        interim,
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        "{:?}",
+        String::from_utf8_lossy(&interim)
+    );
+    s.write_all(b"hello").await.unwrap();
+    let (status, head, body) = read_responses(&mut s, 1).await.remove(0);
+    let echo = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 200, "{head}");
+    assert!(echo.contains("\"body_length\":5"), "{echo}");
+    assert!(!echo.contains("\"expect\""), "the expectation was forwarded: {echo}");
+
+    // A chunked request body, with an extension and a trailer, on the same connection.
+    let chunked = format!(
+        "POST /echo HTTP/1.1\r\nhost: {HOST}\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n"
+    );
+    let reply = exchange(&mut s, chunked.as_bytes()).await;
+    let echo = String::from_utf8_lossy(&reply.body).into_owned();
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert!(echo.contains("\"body_length\":11"), "{echo}");
+
+    // HTTP/1.0: closed after the response unless it asked for keep-alive.
+    let mut s10 = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
+    s10.write_all(format!("GET /bytes/3 HTTP/1.0\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (bytes, _) = read_until_closed(&mut s10, "HTTP/1.0").await;
+    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    assert!(
+        text.starts_with("http/1.0 200") && text.contains("connection: close"),
+        "{text}"
+    );
+    let mut ka = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
+    for n in [3, 4] {
+        ka.write_all(format!("GET /bytes/{n} HTTP/1.0\r\nhost: {HOST}\r\nconnection: keep-alive\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (status, head, body) = read_responses(&mut ka, 1).await.remove(0);
+        assert_eq!((status, body), (200, pattern(0, n)), "HTTP/1.0 keep-alive: {head}");
+        assert!(head.to_ascii_lowercase().contains("connection: keep-alive"), "{head}");
+    }
+    g.finish().await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Issue 6: an idle keep-alive connection (one request done, nothing in flight) costs the
+/// gateway a few KiB, not the 16+ KiB of buffers hyper keeps per connection (an earlier egressd
+/// measured ~47 KiB here). Measured on the debug build the tests run, where futures are larger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_hold_no_buffers() {
+    raise_fd_limit();
+    let g = Gateway::start(Ipv4Addr::new(127, 0, 0, 181), None, None).await;
+    let n = 2_000usize;
+    let mut conns = Vec::with_capacity(n);
+    // Warm up: the first connections grow the allocator's arenas and the upstream pool.
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
+        exchange(&mut s, &get_request("/bytes/8")).await;
+        conns.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_kib(g.e.pid());
+    for _ in 50..n {
+        let mut s = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
+        let reply = exchange(&mut s, &get_request("/bytes/8")).await;
+        assert_eq!(reply.status, 200);
+        conns.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per_conn = (rss_kib(g.e.pid()).saturating_sub(before)) as f64 / (n - 50) as f64;
+    eprintln!("RSS per idle keep-alive connection: {per_conn:.2} KiB");
+    assert!(per_conn < 12.0, "{per_conn:.2} KiB per idle connection");
+    // They are all still usable.
+    for s in conns.iter_mut().step_by(97) {
+        assert_eq!(exchange(s, &get_request("/bytes/4")).await.status, 200);
+    }
+    drop(conns);
     g.finish().await;
 }

@@ -626,9 +626,10 @@ def start_perf(pid, scenario, target, args):
     if not args.perf or target != "egressd":
         return None
     out = args.run_dir / f"perf-{scenario}-{target}-{len(list(args.run_dir.glob(f'perf-{scenario}-{target}-*.data')))}.data"
-    cmd = ["perf", "record", "-q", "-F", "1999", "-g", "--call-graph", "dwarf,16384", "-p", str(pid),
+    graph = ["-F", "499", "--call-graph", "dwarf,8192"] if os.environ.get("BENCH_PERF_CALLGRAPH") else ["-F", "1999"]
+    cmd = ["perf", "record", "-q", *graph, "-p", str(pid),
            "-o", str(out), "--", "sleep", str(args.duration)]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     STARTED.append(p)
     return p, out
 
@@ -646,7 +647,7 @@ def finish_perf(profile):
     report_txt = out.with_suffix(".txt")
     with open(report_txt, "w") as f:
         subprocess.run(["perf", "report", "-i", str(out), "--stdio", "--no-children", "--percent-limit", "0.7",
-                        "-g", "none", "--sort", "dso,symbol"],
+                        "--sort", "dso,symbol"],
                        stdout=f, stderr=subprocess.DEVNULL, timeout=600)
     log(f"  profile: {report_txt}")
 

@@ -1,17 +1,21 @@
-//! HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on one listener, with hyper; every request
-//! goes to `proxy::http::handle`.
+//! HTTP/1.1 (our codec, `h1`) and HTTP/2 (hyper; cleartext with prior knowledge, or h2 over
+//! TLS) on one listener; every request goes to `proxy::http::handle`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::SystemTime;
+
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::ListenerContext;
+use super::{h1, ListenerContext};
+use crate::access_log::{AccessLogRecord, ResponseFlags};
 use crate::proxy::http::{handle, HttpConn};
 use crate::routing::snapshot::{ChainKind, HttpConnectionManager, ListenerKind, Snapshot};
+use crate::tls::prefixed::Prefixed;
 
 /// The route table of a listener (plain HTTP) or of one of its chains (TLS-terminated).
 fn hcm_of(snapshot: &Snapshot, listener: usize, chain: Option<usize>) -> Option<&HttpConnectionManager> {
@@ -74,34 +78,72 @@ pub async fn serve<S>(
     });
     // Boxed: hyper keeps a slot the size of the service's future for the connection's whole
     // life; the request future is ~20 KiB, a box is allocated only while a request is in flight.
-    let service = service_fn(move |req| Box::pin(handle(conn.clone(), req)));
-    let limits = &ctx.bootstrap.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(ctx.bootstrap.timeouts.request_headers)
-        .max_headers(limits.max_request_headers)
-        .max_buf_size((limits.max_request_headers_kb * 1024).max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size((limits.max_request_headers_kb * 1024) as u32);
     let drain = ctx.shared.drain.clone();
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let served = tokio::select! {
-        served = conn.as_mut() => served,
-        _ = drain.started() => {
-            // HTTP/1.1: the in-flight response gets `Connection: close`; HTTP/2: GOAWAY. Requests
-            // already accepted finish; the process exits at the drain deadline at the latest.
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+    let limits = &ctx.bootstrap.limits;
+    let settings = h1::Settings {
+        max_headers: limits.max_request_headers,
+        max_head_bytes: limits.max_request_headers_kb * 1024,
+        header_timeout: ctx.bootstrap.timeouts.request_headers,
     };
-    if let Err(e) = served {
-        tracing::debug!(listener = %ctx.name, error = %e, "downstream connection ended with an error");
+    // Each request future is boxed: it is ~20 KiB and exists only while a request is in flight.
+    let h1_conn = conn.clone();
+    let served = h1::serve(
+        stream,
+        &settings,
+        &drain,
+        move |req| Box::pin(handle(h1_conn.clone(), req)),
+        |why| reject(&conn, why),
+    )
+    .await;
+    match served {
+        Ok(h1::Ended::Closed) => {}
+        Ok(h1::Ended::Http2 { io, read }) => serve_h2(&ctx, conn, Prefixed::new(read.to_vec(), io)).await,
+        Err(e) => tracing::debug!(listener = %ctx.name, error = %e, "downstream connection ended with an error"),
     }
     stats.downstream_cx_active.dec();
     ctx.stats.downstream_cx_active.dec();
+}
+
+/// Cleartext HTTP/2 (prior knowledge) or h2 over TLS, with hyper.
+async fn serve_h2<S>(ctx: &ListenerContext, conn: Arc<HttpConn>, io: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &ctx.bootstrap.limits;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size((limits.max_request_headers_kb * 1024) as u32);
+    let service = service_fn(move |req| Box::pin(handle(conn.clone(), req)));
+    let drain = ctx.shared.drain.clone();
+    let served = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(served);
+    let served = tokio::select! {
+        served = served.as_mut() => served,
+        _ = drain.started() => {
+            // GOAWAY: requests already accepted finish; the process exits at the drain
+            // deadline at the latest.
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(listener = %ctx.name, error = %e, "downstream HTTP/2 connection ended with an error");
+    }
+}
+
+/// A request head refused by the HTTP/1.1 codec: counted and logged as Envoy does
+/// (`"- - -" 400 DPE http1.codec_error`).
+fn reject(conn: &HttpConn, why: h1::Rejected) {
+    let mut record = AccessLogRecord::new(SystemTime::now());
+    record.response_code = why.status.as_u16();
+    record.response_flags.insert(ResponseFlags::DPE);
+    record.response_code_details = Some(why.details.into());
+    record.downstream_local_address = Some(conn.local);
+    record.downstream_remote_address = Some(conn.remote);
+    record.requested_server_name = conn.sni.clone();
+    record.downstream_peer_uri_san = conn.peer_identity.clone();
+    conn.stats.downstream_rq_total.inc();
+    conn.stats.rq_completed(why.status.as_u16());
+    conn.shared.logger.log(record);
 }

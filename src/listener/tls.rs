@@ -76,7 +76,14 @@ pub async fn serve(
         },
         ChainKind::TerminateHttp { .. } | ChainKind::TerminateTcp { .. } => {
             // Boxed: the terminating path's future is ~8 KiB; passthrough tasks should not carry it.
-            Box::pin(super::mtls::serve(ctx.clone(), snapshot.clone(), index, chain_index, session)).await
+            Box::pin(super::mtls::serve(
+                ctx.clone(),
+                snapshot.clone(),
+                index,
+                chain_index,
+                session,
+            ))
+            .await
         }
     }
 }

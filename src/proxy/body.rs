@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use crate::access_log::{AccessLogRecord, AccessLogger, ResponseFlags};
 use crate::stats::HttpConnManagerStats;
 use crate::upstream::cluster::HostStats;
-use crate::upstream::pool::BoxError;
+pub use crate::upstream::pool::BoxError;
 
 /// Owns a request's access-log record; logs it once, on drop.
 pub struct RequestLog {
@@ -169,19 +169,24 @@ impl Drop for ProxyBody {
     }
 }
 
-/// The request body sent upstream, counting bytes into the request's log.
-pub struct CountedRequestBody {
-    inner: Incoming,
+/// The request body sent upstream (hyper's for HTTP/2, ours for HTTP/1.1), counting bytes
+/// into the request's log.
+pub struct CountedRequestBody<B> {
+    inner: B,
     received: Arc<AtomicU64>,
 }
 
-impl CountedRequestBody {
-    pub fn new(inner: Incoming, received: Arc<AtomicU64>) -> Self {
+impl<B> CountedRequestBody<B> {
+    pub fn new(inner: B, received: Arc<AtomicU64>) -> Self {
         CountedRequestBody { inner, received }
     }
 }
 
-impl Body for CountedRequestBody {
+impl<B> Body for CountedRequestBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -192,7 +197,7 @@ impl Body for CountedRequestBody {
                 self.received.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }
-        polled.map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

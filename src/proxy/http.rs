@@ -55,10 +55,11 @@ const MESH_INTERNAL: [&str; 3] = [
     "x-envoy-peer-metadata-id",
 ];
 
-pub async fn handle(
-    conn: Arc<HttpConn>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+pub async fn handle<B>(conn: Arc<HttpConn>, req: Request<B>) -> Result<Response<ProxyBody>, std::convert::Infallible>
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<super::body::BoxError>,
+{
     let mut log = start_log(&conn, &req);
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
@@ -136,7 +137,7 @@ pub async fn handle(
     }
 }
 
-fn start_log(conn: &HttpConn, req: &Request<Incoming>) -> RequestLog {
+fn start_log<B>(conn: &HttpConn, req: &Request<B>) -> RequestLog {
     let mut record = AccessLogRecord::new(SystemTime::now());
     record.method = Some(req.method().as_str().into());
     record.path = req.uri().path_and_query().map(|p| p.as_str().into());

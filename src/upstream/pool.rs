@@ -11,7 +11,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::cluster::{ClusterRuntime, ConnectError};
+use super::cluster::{ClusterRuntime, ConnectError, Slot};
 use crate::routing::snapshot::{Cluster, UpstreamProtocol};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -136,17 +136,33 @@ impl Pool {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         };
         drop(waiting);
+        // The rare path, boxed: its future (connect, TLS, HTTP handshake) is several KiB that
+        // every request's future would otherwise carry, and copy into its box.
+        Box::pin(self.open(rt, addr, slot, tls, &key))
+            .await
+            .map(|sender| (sender, true))
+    }
+
+    /// Opens a new connection to `addr` in `slot`: TCP, then TLS when originating, then HTTP.
+    async fn open(
+        &self,
+        rt: &ClusterRuntime,
+        addr: SocketAddr,
+        slot: Slot,
+        tls: Option<(Arc<rustls::ClientConfig>, rustls_pki_types::ServerName<'static>)>,
+        key: &PoolKey,
+    ) -> Result<Sender, CheckoutError> {
         let stream = rt.connect_with(addr, slot).await.map_err(CheckoutError::Connect)?;
         let local = stream.local;
         let sender = match tls {
-            None => self.handshake(TokioIo::new(stream), local, &key).await?,
+            None => self.handshake(TokioIo::new(stream), local, key).await?,
             Some((config, name)) => {
                 let connector = tokio_rustls::TlsConnector::from(config);
                 let handshake = tokio::time::timeout(rt.config.connect_timeout, connector.connect(name, stream)).await;
                 match handshake {
                     Ok(Ok(tls_stream)) => {
                         rt.stats.ssl_handshake.inc();
-                        self.handshake(TokioIo::new(tls_stream), local, &key).await?
+                        self.handshake(TokioIo::new(tls_stream), local, key).await?
                     }
                     Ok(Err(e)) => {
                         // As Envoy counts them: a failed TLS handshake is a failed connect, and
@@ -175,7 +191,7 @@ impl Pool {
                 }
             }
         };
-        Ok((sender, true))
+        Ok(sender)
     }
 
     async fn handshake<I>(

@@ -1,0 +1,562 @@
+//! The HTTP/1.1 server side of a downstream connection.
+//!
+//! Written for the idle footprint (issue 6): a keep-alive connection waiting for its next
+//! request owns no buffer at all. hyper keeps an 8 KiB read buffer, an 8 KiB header write
+//! buffer and a slot the size of the request future for the life of every connection; here a
+//! read lands in a stack buffer until bytes arrive, the head is parsed with httparse into
+//! zero-copy header values, the body is framed strictly (RFC 9112 §6; both Content-Length and
+//! Transfer-Encoding is a 400, as in Envoy), and the response goes out with vectored writes.
+//! A connection that opens with the HTTP/2 preface is handed back to the caller (h2c).
+
+mod body;
+
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use body::{Decoder, Pumped};
+pub use body::{Rejected, RequestBody};
+
+use crate::drain::Drain;
+use crate::upstream::pool::BoxError;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// A read while no request is in progress goes to the stack first: most heads fit.
+const IDLE_READ: usize = 4096;
+/// Header slots parsed on the stack; a configured limit above this parses on the heap.
+const STACK_HEADERS: usize = 128;
+/// Bytes of pipelined requests read while a response is pending, at most.
+const MAX_PIPELINED: usize = 64 * 1024;
+/// Response pieces gathered into one vectored write.
+const MAX_SLICES: usize = 16;
+
+/// Limits of the HTTP/1.1 codec, from the bootstrap.
+pub struct Settings {
+    pub max_headers: usize,
+    pub max_head_bytes: usize,
+    /// Time for a request head, counted from the end of the previous response (so also the
+    /// keep-alive idle timeout).
+    pub header_timeout: Duration,
+}
+
+/// How a connection ended.
+pub enum Ended<S> {
+    Closed,
+    /// The client opened with the HTTP/2 preface: `read` holds the bytes already read.
+    Http2 {
+        io: S,
+        read: Bytes,
+    },
+}
+
+enum Head {
+    Request(Request<()>),
+    Http2,
+    Closed,
+    Rejected(Rejected),
+}
+
+/// Serves requests on `io` until the client closes, a request says `Connection: close`, the
+/// gateway drains, or the connection breaks. `service` answers one request; `reject` hears of
+/// request heads refused here (answered with their status, then the connection closes).
+pub async fn serve<S, F, Fut, B>(
+    mut io: S,
+    settings: &Settings,
+    drain: &Drain,
+    mut service: F,
+    reject: impl Fn(Rejected),
+) -> io::Result<Ended<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(Request<RequestBody>) -> Fut,
+    Fut: Future<Output = Result<Response<B>, std::convert::Infallible>> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut buf = BytesMut::new();
+    let mut first = true;
+    loop {
+        let idle = buf.is_empty();
+        let head = tokio::select! {
+            biased;
+            head = tokio::time::timeout(settings.header_timeout, read_head(&mut io, &mut buf, settings, first)) => match head {
+                Ok(head) => head?,
+                Err(_) => Head::Closed, // Envoy closes too (request_headers_timeout)
+            },
+            _ = drain.started(), if idle => Head::Closed,
+        };
+        first = false;
+        let request = match head {
+            Head::Request(request) => request,
+            Head::Closed => return Ok(Ended::Closed),
+            Head::Http2 => return Ok(Ended::Http2 { io, read: buf.freeze() }),
+            Head::Rejected(why) => {
+                reject(why);
+                write_rejection(&mut io, why).await?;
+                return Ok(Ended::Closed);
+            }
+        };
+        if !exchange(&mut io, &mut buf, request, drain, &mut service, &reject).await? {
+            let _ = io.shutdown().await;
+            return Ok(Ended::Closed);
+        }
+        if buf.is_empty() {
+            // Idle from here on: hold no buffer (the next read goes through the stack).
+            buf = BytesMut::new();
+        }
+    }
+}
+
+/// One request and its response; `Ok(true)` when the connection can carry another.
+async fn exchange<S, F, Fut, B>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    request: Request<()>,
+    drain: &Drain,
+    service: &mut F,
+    reject: &impl Fn(Rejected),
+) -> io::Result<bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(Request<RequestBody>) -> Fut,
+    Fut: Future<Output = Result<Response<B>, std::convert::Infallible>> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, ()) = request.into_parts();
+    let framing = match body::framing(parts.version, &parts.headers) {
+        Ok(framing) => framing,
+        Err(why) => {
+            reject(why);
+            write_rejection(io, why).await?;
+            return Ok(false);
+        }
+    };
+    let keep_alive = wants_keep_alive(parts.version, &parts.headers);
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        // Envoy's default (proxy_100_continue off): answer 100 here and drop the expectation.
+        parts.headers.remove(header::EXPECT);
+        if framing != body::Framing::Empty && parts.version == Version::HTTP_11 {
+            io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            io.flush().await?;
+        }
+    }
+    let (request_body, mut pump) = match Decoder::new(framing) {
+        Some(decoder) => {
+            let (body, pump) = RequestBody::channel(decoder);
+            (body, Some(pump))
+        }
+        None => (RequestBody::empty(), None),
+    };
+    let method_head = parts.method == Method::HEAD;
+    let version = parts.version;
+    let mut response_future = service(Request::from_parts(parts, request_body));
+    let mut writer: Option<ResponseWriter<B>> = None;
+    let mut body_intact = true;
+    let written = poll_fn(|cx| {
+        if let Some(p) = &mut pump {
+            match p.poll_pump(cx, io, buf) {
+                Poll::Ready(Ok(Pumped::Complete)) => pump = None,
+                Poll::Ready(Ok(Pumped::Abandoned) | Err(_)) => {
+                    pump = None;
+                    body_intact = false;
+                }
+                Poll::Pending => {}
+            }
+        }
+        if writer.is_none() && pump.is_none() {
+            // Watch the client while the upstream works: a close (or half-close, as Envoy and
+            // hyper treat it) abandons the request (logged DC). Pipelined bytes wait in `buf`.
+            while buf.len() < MAX_PIPELINED {
+                match body::poll_read_buf(cx, io, buf, IDLE_READ) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "client closed before the response",
+                        )))
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        if writer.is_none() {
+            let Ok(response) = ready!(Pin::new(&mut response_future).poll(cx));
+            let keep = keep_alive && !drain.is_draining();
+            writer = Some(ResponseWriter::new(response, method_head, version, keep));
+        }
+        let w = writer.as_mut().expect("set above");
+        ready!(w.poll_write(cx, io))?;
+        Poll::Ready(Ok::<bool, io::Error>(w.keep_alive))
+    })
+    .await?;
+    // Reused only when the whole request body was read and both sides want it.
+    Ok(written && body_intact && pump.is_none() && !drain.is_draining())
+}
+
+fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match version {
+        Version::HTTP_11 => !has("close"),
+        _ => has("keep-alive"),
+    }
+}
+
+/// Reads until a whole request head is in `buf` (or the connection is not HTTP/1.1 for us).
+async fn read_head<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    settings: &Settings,
+    first: bool,
+) -> io::Result<Head> {
+    loop {
+        if !buf.is_empty() {
+            let seen = buf.len().min(H2_PREFACE.len());
+            if first && buf[..seen] == H2_PREFACE[..seen] {
+                if seen == H2_PREFACE.len() {
+                    return Ok(Head::Http2);
+                }
+            } else {
+                match parse_head(buf, settings) {
+                    Ok(Some(request)) => return Ok(Head::Request(request)),
+                    Ok(None) => {}
+                    Err(why) => return Ok(Head::Rejected(why)),
+                }
+                if buf.len() >= settings.max_head_bytes {
+                    return Ok(Head::Rejected(HEADERS_TOO_LARGE));
+                }
+            }
+        }
+        let n = if buf.capacity() == 0 {
+            poll_fn(|cx| poll_read_via_stack(cx, io, buf)).await?
+        } else {
+            poll_fn(|cx| body::poll_read_buf(cx, io, buf, IDLE_READ)).await?
+        };
+        if n == 0 {
+            return Ok(Head::Closed);
+        }
+    }
+}
+
+/// Reads into a stack buffer and copies what arrived into `buf`: a connection waiting for a
+/// request owns no heap buffer while it waits.
+fn poll_read_via_stack<S: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    io: &mut S,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut stack = [0u8; IDLE_READ];
+    let mut rb = ReadBuf::new(&mut stack);
+    ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+    buf.extend_from_slice(rb.filled());
+    Poll::Ready(Ok(rb.filled().len()))
+}
+
+const HEADERS_TOO_LARGE: Rejected = Rejected {
+    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    details: "http1.headers_too_large",
+};
+const CODEC_ERROR: Rejected = Rejected {
+    status: StatusCode::BAD_REQUEST,
+    details: "http1.codec_error",
+};
+
+/// Parses a complete head off the front of `buf`; `Ok(None)` when it is not complete yet.
+fn parse_head(buf: &mut BytesMut, settings: &Settings) -> Result<Option<Request<()>>, Rejected> {
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut heap;
+    let slots: &mut [httparse::Header<'_>] = if settings.max_headers <= STACK_HEADERS {
+        &mut stack[..settings.max_headers]
+    } else {
+        heap = vec![httparse::EMPTY_HEADER; settings.max_headers];
+        &mut heap
+    };
+    let mut parsed = httparse::Request::new(slots);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Rejected {
+                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                details: "http1.too_many_headers",
+            })
+        }
+        Err(_) => return Err(CODEC_ERROR),
+    };
+    if len > settings.max_head_bytes {
+        return Err(HEADERS_TOO_LARGE);
+    }
+    let base = buf.as_ptr() as usize;
+    let range = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes()).map_err(|_| CODEC_ERROR)?;
+    let target = range(parsed.path.unwrap_or_default().as_bytes());
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let mut fields = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| CODEC_ERROR)?;
+        fields.push((name, range(h.value)));
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(target)).map_err(|_| CODEC_ERROR)?;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(value)).map_err(|_| CODEC_ERROR)?;
+        headers.append(name, value);
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(request))
+}
+
+async fn write_rejection<S: AsyncWrite + Unpin>(io: &mut S, why: Rejected) -> io::Result<()> {
+    let text = why.status.canonical_reason().unwrap_or("Bad Request");
+    let mut out = BytesMut::with_capacity(192);
+    status_line(&mut out, Version::HTTP_11, why.status);
+    out.extend_from_slice(format!("content-length: {}\r\ncontent-type: text/plain\r\n", text.len()).as_bytes());
+    date_header(&mut out);
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(text.as_bytes());
+    io.write_all(&out).await?;
+    io.flush().await?;
+    io.shutdown().await
+}
+
+fn status_line(out: &mut BytesMut, version: Version, status: StatusCode) {
+    out.extend_from_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn date_header(out: &mut BytesMut) {
+    thread_local! {
+        /// (second, `date` value): formatted once per second per thread.
+        static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != now {
+            let format = time::macros::format_description!(
+                "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+            );
+            let text = time::OffsetDateTime::from_unix_timestamp(now as i64)
+                .ok()
+                .and_then(|t| t.format(format).ok())
+                .unwrap_or_default();
+            if text.len() == 29 {
+                cached.1.copy_from_slice(text.as_bytes());
+                cached.0 = now;
+            }
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&cached.1);
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+/// Writes one response: its head, then its body (Content-Length, chunked, or until close).
+struct ResponseWriter<B> {
+    body: Option<B>,
+    queue: std::collections::VecDeque<Bytes>,
+    chunked: bool,
+    /// Body bytes still owed under a Content-Length.
+    owed: Option<u64>,
+    keep_alive: bool,
+}
+
+impl<B> ResponseWriter<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    fn new(response: Response<B>, method_head: bool, version: Version, keep_alive: bool) -> Self {
+        let (mut parts, body) = response.into_parts();
+        let status = parts.status;
+        let mut keep_alive = keep_alive;
+        let no_body_allowed = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || method_head;
+        if status.is_informational() || status == StatusCode::NO_CONTENT {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts.headers.remove(header::CONNECTION);
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let mut extra: Option<String> = None;
+        let mut chunked = false;
+        let owed = if no_body_allowed {
+            None
+        } else if declared.is_some() {
+            declared
+        } else if body.is_end_stream() {
+            extra = Some("content-length: 0\r\n".into());
+            Some(0)
+        } else if let Some(n) = body.size_hint().exact() {
+            extra = Some(format!("content-length: {n}\r\n"));
+            Some(n)
+        } else if version == Version::HTTP_11 {
+            chunked = true;
+            extra = Some("transfer-encoding: chunked\r\n".into());
+            None
+        } else {
+            keep_alive = false; // delimited by the close
+            None
+        };
+        let mut head = BytesMut::with_capacity(256 + parts.headers.len() * 48);
+        status_line(&mut head, version, status);
+        for (name, value) in &parts.headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        if let Some(extra) = &extra {
+            head.extend_from_slice(extra.as_bytes());
+        }
+        if !parts.headers.contains_key(header::DATE) {
+            date_header(&mut head);
+        }
+        match (keep_alive, version) {
+            (false, _) => head.extend_from_slice(b"connection: close\r\n"),
+            (true, Version::HTTP_10) => head.extend_from_slice(b"connection: keep-alive\r\n"),
+            _ => {}
+        }
+        head.extend_from_slice(b"\r\n");
+        let mut queue = std::collections::VecDeque::with_capacity(4);
+        queue.push_back(head.freeze());
+        ResponseWriter {
+            // A body that may not be sent is dropped now (its log line is written then).
+            body: (!no_body_allowed).then_some(body),
+            queue,
+            chunked,
+            owed,
+            keep_alive,
+        }
+    }
+
+    /// Drives the response out; `Ready(Ok)` once all of it is written and flushed.
+    fn poll_write<S: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, io: &mut S) -> Poll<io::Result<()>> {
+        loop {
+            while self.queue.len() + 3 <= MAX_SLICES {
+                let Some(body) = self.body.as_mut() else { break };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            self.push_data(data)?;
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        self.body = None;
+                        if self.chunked {
+                            self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                        } else if self.owed.is_some_and(|n| n > 0) {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "response body shorter than its content-length",
+                            )));
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e.into()))),
+                    Poll::Pending => break,
+                }
+            }
+            if self.queue.is_empty() {
+                ready!(Pin::new(&mut *io).poll_flush(cx))?;
+                return if self.body.is_none() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let count = self.queue.len().min(MAX_SLICES);
+            for (slot, piece) in slices.iter_mut().zip(self.queue.iter()) {
+                *slot = IoSlice::new(piece);
+            }
+            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n);
+        }
+    }
+
+    fn push_data(&mut self, data: Bytes) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.chunked {
+            self.queue.push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+            self.queue.push_back(data);
+            self.queue.push_back(Bytes::from_static(b"\r\n"));
+            return Ok(());
+        }
+        if let Some(owed) = &mut self.owed {
+            let len = data.len() as u64;
+            if len > *owed {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response body longer than its content-length",
+                ));
+            }
+            *owed -= len;
+        }
+        self.queue.push_back(data);
+        Ok(())
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else { return };
+            if n >= front.len() {
+                n -= front.len();
+                self.queue.pop_front();
+            } else {
+                front.advance(n);
+                return;
+            }
+        }
+    }
+}
