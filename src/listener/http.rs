@@ -97,7 +97,10 @@ pub async fn serve<S>(
     .await;
     match served {
         Ok(h1::Ended::Closed) => {}
-        Ok(h1::Ended::Http2 { io, read }) => serve_h2(&ctx, conn, Prefixed::new(read.to_vec(), io)).await,
+        Ok(h1::Ended::Http2 { io, read }) => {
+            // Boxed: hyper's HTTP/2 connection state should not size every HTTP/1.1 task.
+            Box::pin(serve_h2(&ctx, conn, Prefixed::new(read.to_vec(), io))).await
+        }
         Err(e) => tracing::debug!(listener = %ctx.name, error = %e, "downstream connection ended with an error"),
     }
     stats.downstream_cx_active.dec();

@@ -85,7 +85,8 @@ where
         return None;
     };
     record.upstream_host = Some(addr);
-    let mut upstream = match rt.connect(addr).await {
+    // Boxed: the connect state is transient; inline it would stay in the tunnel's future.
+    let mut upstream = match Box::pin(rt.connect(addr)).await {
         Ok(stream) => stream,
         Err(e) => {
             record.response_flags.insert(match e {
