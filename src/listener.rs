@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::Bootstrap;
+use crate::drain::ConnectionGuard;
 use crate::proxy::Shared;
 use crate::routing::snapshot::{ListenerKind, Snapshot};
 use crate::stats::ListenerStats;
@@ -144,11 +145,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>, mut stopp
                     continue;
                 }
                 let guard = drain.track();
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    connection(ctx, stream, remote).await;
-                    drop(guard);
-                });
+                spawn_connection(ctx.clone(), stream, remote, guard);
             }
             Err(e) => {
                 // Out of file descriptors (or similar): count, back off instead of spinning;
@@ -164,7 +161,9 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>, mut stopp
     }
 }
 
-async fn connection(ctx: Arc<ListenerContext>, stream: TcpStream, remote: SocketAddr) {
+/// Spawns the connection's task, typed by listener kind: a task is as large as its future, so
+/// an idle HTTP connection does not carry room for a TLS or TCP session's state.
+fn spawn_connection(ctx: Arc<ListenerContext>, stream: TcpStream, remote: SocketAddr, guard: ConnectionGuard) {
     let _ = stream.set_nodelay(true);
     // A connection keeps the snapshot it started with for its whole life.
     let snapshot = ctx.snapshot.load_full();
@@ -172,18 +171,33 @@ async fn connection(ctx: Arc<ListenerContext>, stream: TcpStream, remote: Socket
         return;
     };
     match &snapshot.listeners[index].kind {
-        ListenerKind::Http(_) => http::serve_plain(ctx, snapshot, index, stream, remote).await,
-        ListenerKind::Tls(_) => tls::serve(ctx, snapshot, index, stream, remote).await,
-        ListenerKind::Tcp(route) => {
-            let session = crate::proxy::tcp::TcpSession {
-                downstream: stream,
-                replay: Vec::new(),
-                remote,
-                server_name: None,
-                peer_identity: None,
-                started: std::time::SystemTime::now(),
-            };
-            crate::proxy::tcp::proxy(&ctx, &snapshot, route, session).await
+        ListenerKind::Http(_) => {
+            tokio::spawn(async move {
+                http::serve_plain(ctx, snapshot, index, stream, remote).await;
+                drop(guard);
+            });
+        }
+        ListenerKind::Tls(_) => {
+            tokio::spawn(async move {
+                tls::serve(ctx, snapshot, index, stream, remote).await;
+                drop(guard);
+            });
+        }
+        ListenerKind::Tcp(_) => {
+            tokio::spawn(async move {
+                if let ListenerKind::Tcp(route) = &snapshot.listeners[index].kind {
+                    let session = crate::proxy::tcp::TcpSession {
+                        downstream: stream,
+                        replay: Vec::new(),
+                        remote,
+                        server_name: None,
+                        peer_identity: None,
+                        started: std::time::SystemTime::now(),
+                    };
+                    crate::proxy::tcp::proxy(&ctx, &snapshot, route, session).await;
+                }
+                drop(guard);
+            });
         }
     }
 }

@@ -104,7 +104,7 @@ where
                 return Ok(Ended::Closed);
             }
         };
-        if !exchange(&mut io, &mut buf, request, drain, &mut service, &reject).await? {
+        if !Box::pin(exchange(&mut io, &mut buf, request, drain, &mut service, &reject)).await? {
             let _ = io.shutdown().await;
             return Ok(Ended::Closed);
         }

@@ -123,7 +123,8 @@ pub async fn serve(
                 peer_identity,
                 started,
             };
-            crate::proxy::tcp::proxy(&ctx, &snapshot, tcp, session).await
+            // Boxed: only this branch needs a TCP session's state.
+            Box::pin(crate::proxy::tcp::proxy(&ctx, &snapshot, tcp, session)).await
         }
         ChainKind::Passthrough(_) | ChainKind::AutoPassthrough => {}
     }

@@ -27,10 +27,11 @@ pub async fn serve(
         return;
     };
     let limits = &ctx.bootstrap.limits;
-    let hello = tokio::time::timeout(
+    // Boxed: the read's state is transient and should not stay in the tunnel's task.
+    let hello = Box::pin(tokio::time::timeout(
         ctx.bootstrap.timeouts.client_hello,
         read_client_hello(&mut stream, limits.max_client_hello_bytes),
-    )
+    ))
     .await;
     let (info, replay) = match hello {
         Ok(Ok(found)) => found,
