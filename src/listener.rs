@@ -179,8 +179,16 @@ fn spawn_connection(ctx: Arc<ListenerContext>, stream: TcpStream, remote: Socket
         }
         ListenerKind::Tls(_) => {
             tokio::spawn(async move {
-                tls::serve(ctx, snapshot, index, stream, remote).await;
-                drop(guard);
+                let terminate = tls::serve(ctx.clone(), snapshot.clone(), index, stream, remote).await;
+                if let Some((chain, session)) = terminate {
+                    // A new task, sized for the terminated connection alone; this one ends.
+                    tokio::spawn(async move {
+                        mtls::serve(ctx, snapshot, index, chain, session).await;
+                        drop(guard);
+                    });
+                } else {
+                    drop(guard);
+                }
             });
         }
         ListenerKind::Tcp(_) => {

@@ -47,7 +47,8 @@ fn choose_alpn<'a>(inner: Inner, offered: Option<impl Iterator<Item = &'a [u8]>>
     preference.iter().copied().find(|p| offered.contains(p))
 }
 
-/// Terminates TLS for chain `chain` of listener `listener` and serves what is inside.
+/// Terminates TLS for chain `chain` of listener `listener` and serves what is inside. Runs as a
+/// task of its own (see `listener::spawn_connection`), which holds only the serving state.
 pub async fn serve(
     ctx: Arc<ListenerContext>,
     snapshot: Arc<Snapshot>,
@@ -55,13 +56,70 @@ pub async fn serve(
     chain: usize,
     session: TcpSession<TcpStream>,
 ) {
+    // Boxed: the handshake's state (~5 KiB) is freed once it is done instead of staying in
+    // this connection's future for its whole life.
+    let Some(accepted) = Box::pin(accept(&ctx, &snapshot, listener, chain, session)).await else {
+        return;
+    };
     let Some(filter_chain) = chain_of(&snapshot, listener, chain) else {
         return;
     };
+    match &filter_chain.kind {
+        ChainKind::TerminateHttp { .. } => {
+            let sni = accepted.server_name.map(String::into_boxed_str);
+            super::http::serve(
+                ctx.clone(),
+                snapshot.clone(),
+                listener,
+                Some(chain),
+                accepted.stream,
+                accepted.remote,
+                "https",
+                sni,
+                accepted.peer_identity,
+            )
+            .await
+        }
+        ChainKind::TerminateTcp { tcp, .. } => {
+            let session = TcpSession {
+                downstream: accepted.stream,
+                replay: Vec::new(),
+                remote: accepted.remote,
+                server_name: accepted.server_name,
+                peer_identity: accepted.peer_identity,
+                started: accepted.started,
+            };
+            // Boxed: only this branch needs a TCP session's state.
+            Box::pin(crate::proxy::tcp::proxy(&ctx, &snapshot, tcp, session)).await
+        }
+        ChainKind::Passthrough(_) | ChainKind::AutoPassthrough => {}
+    }
+}
+
+/// A downstream connection whose TLS handshake succeeded.
+struct Accepted {
+    /// Boxed once: moved by value through the serving futures, the 1.2 KiB TLS stream would be
+    /// laid out in each of them.
+    stream: Box<TlsStream<Prefixed<TcpStream>>>,
+    remote: std::net::SocketAddr,
+    server_name: Option<String>,
+    peer_identity: Option<Arc<str>>,
+    started: std::time::SystemTime,
+}
+
+/// Handshakes under the deadline; failures are counted and logged here (`None`).
+async fn accept(
+    ctx: &ListenerContext,
+    snapshot: &Snapshot,
+    listener: usize,
+    chain: usize,
+    session: TcpSession<TcpStream>,
+) -> Option<Accepted> {
+    let filter_chain = chain_of(snapshot, listener, chain)?;
     let (tls, inner) = match &filter_chain.kind {
         ChainKind::TerminateHttp { tls, .. } => (tls, Inner::Http),
         ChainKind::TerminateTcp { tls, .. } => (tls, Inner::Tcp),
-        ChainKind::Passthrough(_) | ChainKind::AutoPassthrough => return,
+        ChainKind::Passthrough(_) | ChainKind::AutoPassthrough => return None,
     };
     let TcpSession {
         downstream,
@@ -71,63 +129,35 @@ pub async fn serve(
         started,
         ..
     } = session;
-    // Boxed: the handshake's state (~5 KiB) is freed once it is done instead of staying in
-    // this connection's future for its whole life.
-    let handshake = handshake(&ctx, tls, inner, Prefixed::new(replay, downstream));
-    let stream = match Box::pin(tokio::time::timeout(ctx.bootstrap.timeouts.tls_handshake, handshake)).await {
+    let handshake = handshake(ctx, tls, inner, Prefixed::new(replay, downstream));
+    let stream = match tokio::time::timeout(ctx.bootstrap.timeouts.tls_handshake, handshake).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(failure)) => {
             // Envoy counts the connection at the listener even when its handshake fails.
             ctx.stats.downstream_cx_total.inc();
-            failure.count(&ctx);
+            failure.count(ctx);
             // Debug only: clients cause these at will; certificate and settings problems are
             // warned about once by `ServerCerts`.
             let sni = server_name.as_deref().unwrap_or("-");
             tracing::debug!(listener = %ctx.name, %remote, sni, reason = %failure, "TLS handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             ctx.stats.downstream_cx_total.inc();
             ctx.stats.ssl_connection_error.inc();
             tracing::debug!(listener = %ctx.name, %remote, timeout = ?ctx.bootstrap.timeouts.tls_handshake, "TLS handshake timed out");
-            return;
+            return None;
         }
     };
     ctx.stats.ssl_handshake.inc();
     let peer_identity = identity::peer_identity(stream.get_ref().1.peer_certificates());
-    // Boxed once here: moved by value through the serving futures, the 1.2 KiB TLS stream would
-    // be laid out in each of them (futures do not overlap moved-from arguments).
-    let stream = Box::new(stream);
-    match &filter_chain.kind {
-        ChainKind::TerminateHttp { .. } => {
-            let sni = server_name.map(String::into_boxed_str);
-            super::http::serve(
-                ctx.clone(),
-                snapshot.clone(),
-                listener,
-                Some(chain),
-                stream,
-                remote,
-                "https",
-                sni,
-                peer_identity,
-            )
-            .await
-        }
-        ChainKind::TerminateTcp { tcp, .. } => {
-            let session = TcpSession {
-                downstream: stream,
-                replay: Vec::new(),
-                remote,
-                server_name,
-                peer_identity,
-                started,
-            };
-            // Boxed: only this branch needs a TCP session's state.
-            Box::pin(crate::proxy::tcp::proxy(&ctx, &snapshot, tcp, session)).await
-        }
-        ChainKind::Passthrough(_) | ChainKind::AutoPassthrough => {}
-    }
+    Some(Accepted {
+        stream: Box::new(stream),
+        remote,
+        server_name,
+        peer_identity,
+        started,
+    })
 }
 
 fn chain_of(snapshot: &Snapshot, listener: usize, chain: usize) -> Option<&FilterChain> {

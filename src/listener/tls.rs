@@ -14,17 +14,20 @@ use crate::proxy::tcp::{self, TcpSession};
 use crate::routing::snapshot::{ChainKind, ListenerKind, Snapshot, TcpProxy, WeightedCluster};
 use crate::tls::sni::read_client_hello;
 
+/// Routes one connection by its ClientHello: passthrough and auto-passthrough chains are
+/// proxied here; for a chain that terminates TLS, returns the chain and the session for
+/// `mtls::serve`.
 pub async fn serve(
     ctx: Arc<ListenerContext>,
     snapshot: Arc<Snapshot>,
     index: usize,
     mut stream: TcpStream,
     remote: SocketAddr,
-) {
+) -> Option<(usize, TcpSession<TcpStream>)> {
     let started = SystemTime::now();
     let listener = &snapshot.listeners[index];
     let ListenerKind::Tls(chains) = &listener.kind else {
-        return;
+        return None;
     };
     let limits = &ctx.bootstrap.limits;
     // Boxed: the read's state is transient and should not stay in the tunnel's task.
@@ -37,17 +40,20 @@ pub async fn serve(
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
             tracing::debug!(listener = %ctx.name, %remote, reason = e.as_str(), "ClientHello refused");
-            return refuse(&ctx, started, remote, None, e.as_str());
+            refuse(&ctx, started, remote, None, e.as_str());
+            return None;
         }
         Err(_) => {
             ctx.stats.downstream_pre_cx_timeout.inc();
-            return refuse(&ctx, started, remote, None, "client_hello_timeout");
+            refuse(&ctx, started, remote, None, "client_hello_timeout");
+            return None;
         }
     };
     let server_name = info.server_name.clone();
     let found = listener.sni_index.find(server_name.as_deref().unwrap_or(""));
     let Some((chain_index, chain)) = found.and_then(|i| Some((i, chains.get(i)?))) else {
-        return refuse(&ctx, started, remote, server_name, "no_matching_server_name");
+        refuse(&ctx, started, remote, server_name, "no_matching_server_name");
+        return None;
     };
     let session = TcpSession {
         downstream: stream,
@@ -75,18 +81,11 @@ pub async fn serve(
             }
             _ => refuse(&ctx, started, remote, session.server_name, "no_cluster_for_server_name"),
         },
-        ChainKind::TerminateHttp { .. } | ChainKind::TerminateTcp { .. } => {
-            // Boxed: the terminating path's future is ~8 KiB; passthrough tasks should not carry it.
-            Box::pin(super::mtls::serve(
-                ctx.clone(),
-                snapshot.clone(),
-                index,
-                chain_index,
-                session,
-            ))
-            .await
-        }
+        // TLS termination goes on in a task of its own (`listener::spawn_connection`), sized
+        // for it alone rather than for a passthrough tunnel too.
+        ChainKind::TerminateHttp { .. } | ChainKind::TerminateTcp { .. } => return Some((chain_index, session)),
     }
+    None
 }
 
 /// `outbound_.443_._.edition.cnn.com` (istiod's DNS-SRV form) → `outbound|443||edition.cnn.com`.
