@@ -164,7 +164,8 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>, mut stopp
 /// Spawns the connection's task, typed by listener kind: a task is as large as its future, so
 /// an idle HTTP connection does not carry room for a TLS or TCP session's state.
 fn spawn_connection(ctx: Arc<ListenerContext>, stream: TcpStream, remote: SocketAddr, guard: ConnectionGuard) {
-    let _ = stream.set_nodelay(true);
+    // No setsockopt per connection: accepted sockets inherit TCP_NODELAY from the listener
+    // (`bind`; a test below checks it).
     // A connection keeps the snapshot it started with for its whole life.
     let snapshot = ctx.snapshot.load_full();
     let Some(index) = snapshot.listeners.iter().position(|l| l.name == ctx.name) else {
@@ -207,5 +208,19 @@ fn spawn_connection(ctx: Arc<ListenerContext>, stream: TcpStream, remote: Socket
                 drop(guard);
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Linux copies TCP_NODELAY from the listening socket to the sockets it accepts, which
+    /// saves a setsockopt(2) per connection (`spawn_connection`).
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay() {
+        let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+        drop(client);
     }
 }

@@ -629,6 +629,9 @@ def start_perf(pid, scenario, target, args):
     graph = ["-F", "499", "--call-graph", "dwarf,8192"] if os.environ.get("BENCH_PERF_CALLGRAPH") else ["-F", "1999"]
     cmd = ["perf", "record", "-q", *graph, "-p", str(pid),
            "-o", str(out), "--", "sleep", str(args.duration)]
+    if os.environ.get("BENCH_PERF_TRACE"):  # syscall counts instead of samples
+        out = out.with_suffix(".syscalls")
+        cmd = ["perf", "trace", "-s", "-p", str(pid), "-o", str(out), "--", "sleep", str(args.duration)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     STARTED.append(p)
     return p, out
@@ -643,6 +646,9 @@ def finish_perf(profile):
         p.wait(timeout=60)
     except subprocess.TimeoutExpired:
         stop(p)
+        return
+    if out.suffix == ".syscalls":
+        log(f"  syscalls: {out}")
         return
     report_txt = out.with_suffix(".txt")
     with open(report_txt, "w") as f:

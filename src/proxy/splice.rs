@@ -92,8 +92,28 @@ fn take_pipe() -> io::Result<Pipe> {
     }
 }
 
-/// Returns an empty pipe to the pool (a pipe with bytes in it is dropped instead).
+/// Returns an empty pipe to the pool.
 fn give_back(pipe: Pipe) {
+    let mut pool = PIPES.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < MAX_POOLED_PIPES {
+        pool.push(pipe);
+    }
+}
+
+/// Returns a pipe with bytes left in it (the other side went away mid-transfer): they are read
+/// out and discarded first, which is cheaper than a new pipe (pipe2, fcntl, two closes).
+fn discard(pipe: Pipe) {
+    let mut scratch = [0u8; 4096];
+    loop {
+        // SAFETY: the descriptor is open (owned by `pipe`) and `scratch` is writable for its length.
+        let n = unsafe { libc::read(pipe.read.as_raw_fd(), scratch.as_mut_ptr().cast(), scratch.len()) };
+        if n < scratch.len() as isize {
+            if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
+                return; // broken: drop it
+            }
+            break;
+        }
+    }
     let mut pool = PIPES.lock().unwrap_or_else(|p| p.into_inner());
     if pool.len() < MAX_POOLED_PIPES {
         pool.push(pipe);
@@ -112,7 +132,10 @@ async fn one_way(from: &TcpStream, to: &TcpStream, count: &std::sync::atomic::At
             }) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    give_back(pipe);
+                    return Err(e);
+                }
             };
             if n == 0 {
                 // The sender finished: pass the half-close on and let the other direction run.
@@ -122,15 +145,22 @@ async fn one_way(from: &TcpStream, to: &TcpStream, count: &std::sync::atomic::At
             }
             let mut left = n;
             while left > 0 {
-                let m = to
+                let written = to
                     .async_io(Interest::WRITABLE, || {
                         splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
                     })
-                    .await?;
-                if m == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
+                    .await;
+                match written {
+                    Ok(m) if m > 0 => left -= m,
+                    Ok(_) => {
+                        discard(pipe);
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    Err(e) => {
+                        discard(pipe);
+                        return Err(e);
+                    }
                 }
-                left -= m;
             }
             count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
