@@ -218,7 +218,9 @@ mod tests {
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay() {
         let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         assert!(accepted.nodelay().unwrap());
         drop(client);

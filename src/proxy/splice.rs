@@ -189,21 +189,36 @@ mod tests {
         });
         let origin = tokio::spawn(async move {
             let (mut s, _) = back.accept().await.unwrap();
+            // Small messages first, one each way at a time, like a handshake.
+            for i in 0..20u8 {
+                let mut m = [0u8; 100];
+                s.read_exact(&mut m).await.unwrap();
+                assert_eq!(m, [i; 100]);
+                s.write_all(&[i; 200]).await.unwrap();
+            }
             let mut got = Vec::new();
             s.read_to_end(&mut got).await.unwrap();
             // Answers after the client's half-close arrived.
             s.write_all(&vec![7u8; 300_000]).await.unwrap();
-            got.len()
+            got
         });
         let mut client = TcpStream::connect(front_addr).await.unwrap();
-        let payload: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+        for i in 0..20u8 {
+            client.write_all(&[i; 100]).await.unwrap();
+            let mut m = [0u8; 200];
+            client.read_exact(&mut m).await.unwrap();
+            assert_eq!(m, [i; 200]);
+        }
+        // Then bulk, whose bytes must arrive complete and in order.
+        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         client.write_all(&payload).await.unwrap();
         client.shutdown().await.unwrap();
         let mut reply = Vec::new();
         client.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply.len(), 300_000);
-        assert_eq!(origin.await.unwrap(), 1_000_000);
+        assert!(reply.iter().all(|b| *b == 7));
+        assert!(origin.await.unwrap() == payload, "bytes lost or reordered");
         drop(client);
-        assert_eq!(proxy.await.unwrap(), (1_000_000, 300_000));
+        assert_eq!(proxy.await.unwrap(), (2_000 + 1_000_000, 4_000 + 300_000));
     }
 }
