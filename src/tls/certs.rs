@@ -32,6 +32,9 @@ pub const CERT_RELOAD_FAILED: &str = "server.cert_reload_failed";
 /// How often a handshake may compare file stamps when the directory watcher said nothing
 /// (a watcher can miss events, e.g. on some network file systems).
 const STAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long certificate files must stay unchanged before a rotation is loaded (config reloads
+/// debounce the same way, `reload::DEBOUNCE`).
+const SETTLE: Duration = Duration::from_millis(200);
 
 /// Why no server config could be had for a chain.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -152,6 +155,9 @@ struct SourceState {
     /// The last load attempt failed.
     failing: bool,
     next_stat_check: Option<Instant>,
+    /// A change seen while a certificate is loaded: the files' stamps then, and since when
+    /// they have stayed so. Reloaded once they are quiet for `SETTLE`.
+    settling: Option<(Vec<Option<FileStamp>>, Instant)>,
 }
 
 /// The certificate cache; [`ServerCerts::global`] is the one the listeners use.
@@ -252,6 +258,22 @@ impl ServerCerts {
         if !due && state.next_stat_check.is_none_or(|at| now >= at) {
             state.next_stat_check = Some(now + STAT_INTERVAL);
             due = stamps(&source.files) != state.stamps;
+        }
+        if due && state.material.is_some() {
+            // A rotation writes several files (key, then cert): wait until they have been
+            // quiet for `SETTLE`, serving the loaded certificate meanwhile, so that a pair
+            // caught half-written is never tried (nor counted as a failed reload).
+            let current = stamps(&source.files);
+            match &state.settling {
+                Some((seen, since)) if *seen == current && now.duration_since(*since) >= SETTLE => {
+                    state.settling = None;
+                }
+                Some((seen, _)) if *seen == current => due = false,
+                _ => {
+                    state.settling = Some((current, now));
+                    due = false;
+                }
+            }
         }
         if due {
             state.attempted = true;

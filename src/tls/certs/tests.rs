@@ -79,9 +79,13 @@ fn configs_are_cached_and_rebuilt_only_after_a_change() {
         .is_empty());
     assert_eq!(current_cert(&certs, &tls), der(&first));
 
-    // A change noticed by the watcher (simulated) gives new configs with the new cert.
+    // A change noticed by the watcher (simulated) gives new configs with the new cert, once
+    // the files have been quiet for `SETTLE`; until then the loaded one is served.
     let second = pki.issue("two.example");
     certs.changes.fetch_add(1, Ordering::Release);
+    let during = certs.server_config(&tls, Some(b"h2"), &store).unwrap();
+    assert!(Arc::ptr_eq(&a, &during));
+    std::thread::sleep(SETTLE + Duration::from_millis(50));
     let c = certs.server_config(&tls, Some(b"h2"), &store).unwrap();
     assert!(!Arc::ptr_eq(&a, &c));
     assert_eq!(current_cert(&certs, &tls), der(&second));
@@ -100,6 +104,7 @@ fn a_bad_rotation_keeps_the_old_identity_and_is_counted_once() {
     let other = rcgen::KeyPair::generate().unwrap();
     std::fs::write(pki.dir.path().join("key.pem"), other.serialize_pem()).unwrap();
     certs.changes.fetch_add(1, Ordering::Release);
+    settle(&certs, &tls, &store);
     certs.server_config(&tls, None, &store).unwrap();
     certs.server_config(&tls, None, &store).unwrap();
     assert_eq!(current_cert(&certs, &tls), der(&first));
@@ -108,14 +113,47 @@ fn a_bad_rotation_keeps_the_old_identity_and_is_counted_once() {
     // Unreadable: still the old one.
     std::fs::remove_file(pki.dir.path().join("cert-chain.pem")).unwrap();
     certs.changes.fetch_add(1, Ordering::Release);
+    settle(&certs, &tls, &store);
     certs.server_config(&tls, None, &store).unwrap();
     assert_eq!(store.counter(CERT_RELOAD_FAILED).value(), 2);
 
     // Fixed: the new identity is served.
     let third = pki.issue("three.example");
     certs.changes.fetch_add(1, Ordering::Release);
+    settle(&certs, &tls, &store);
     certs.server_config(&tls, None, &store).unwrap();
     assert_eq!(current_cert(&certs, &tls), der(&third));
+}
+
+/// Lets a change be noticed and the files be quiet for `SETTLE`.
+fn settle(certs: &ServerCerts, tls: &ServerTls, store: &Store) {
+    certs.server_config(tls, None, store).unwrap();
+    std::thread::sleep(SETTLE + Duration::from_millis(50));
+}
+
+/// The soak's rotation: the key is renamed into place, then the certificate. A handshake
+/// between the two must neither fail nor count a failed reload.
+#[test]
+fn a_rotation_caught_half_written_is_not_tried() {
+    let pki = pki();
+    let first = pki.issue("one.example");
+    let (certs, store) = (ServerCerts::new(), Store::new());
+    let tls = pki.tls(ServerTlsMode::IstioMutual);
+    certs.server_config(&tls, None, &store).unwrap();
+
+    let next_key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(pki.dir.path().join("key.pem"), next_key.serialize_pem()).unwrap();
+    certs.changes.fetch_add(1, Ordering::Release);
+    certs.server_config(&tls, None, &store).unwrap();
+    assert_eq!(current_cert(&certs, &tls), der(&first), "half-written: the old pair");
+    let second = pki.issue("two.example");
+    certs.changes.fetch_add(1, Ordering::Release);
+    certs.server_config(&tls, None, &store).unwrap();
+    assert_eq!(current_cert(&certs, &tls), der(&first), "not quiet yet");
+    settle(&certs, &tls, &store);
+    certs.server_config(&tls, None, &store).unwrap();
+    assert_eq!(current_cert(&certs, &tls), der(&second));
+    assert_eq!(store.counter(CERT_RELOAD_FAILED).value(), 0);
 }
 
 #[test]
