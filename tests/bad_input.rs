@@ -9,7 +9,7 @@
 //! TLS port, oversized records and ClientHellos, a ClientHello too slow (tests/passthrough.rs);
 //! invalid, half-written or deleted config files (tests/reload_drain.rs).
 //!
-//! Loopback addresses 127.0.0.170-181, one per test.
+//! Loopback addresses 127.0.0.170-182, one per test.
 
 mod support;
 
@@ -1174,5 +1174,85 @@ async fn idle_keep_alive_connections_hold_no_buffers() {
         assert_eq!(exchange(s, &get_request("/bytes/4")).await.status, 200);
     }
     drop(conns);
+    g.finish().await;
+}
+
+/// Bodies through the HTTP/1.1 codec: none for HEAD, 204 and 304 (the connection carries on, so
+/// no stray byte was sent), a chunked response re-framed for the client, and large uploads with
+/// a length and chunked, streamed through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_bodies_head_204_304_chunked_and_large_uploads() {
+    let g = Gateway::start(Ipv4Addr::new(127, 0, 0, 182), None, None).await;
+    let mut s = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
+    for (request, expect) in [
+        (format!("HEAD /bytes/100 HTTP/1.1\r\nhost: {HOST}\r\n\r\n"), "200"),
+        (format!("GET /status/204 HTTP/1.1\r\nhost: {HOST}\r\n\r\n"), "204"),
+        (format!("GET /status/304 HTTP/1.1\r\nhost: {HOST}\r\n\r\n"), "304"),
+    ] {
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while find(&head, b"\r\n\r\n").is_none() {
+            read_more(&mut s, &mut head).await;
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(text.starts_with(&format!("http/1.1 {expect}")), "{text}");
+        assert!(head.ends_with(b"\r\n\r\n"), "bytes after the head: {text:?}");
+        assert!(!text.contains("transfer-encoding"), "{text}");
+        if expect == "200" {
+            assert!(
+                text.contains("content-length: 100\r\n"),
+                "HEAD keeps the length: {text}"
+            );
+        }
+        // The next response on the connection is whole and alone.
+        let reply = exchange(&mut s, &get_request("/bytes/5")).await;
+        assert_eq!((reply.status, reply.body), (200, pattern(0, 5)), "after {expect}");
+    }
+
+    // An upstream response without a length goes to the client chunked.
+    let out = curl_async(&[
+        "-sS",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download}",
+        "-H",
+        &format!("host: {HOST}"),
+        &g.url("/chunked/300000"),
+    ])
+    .await;
+    let text = stdout(&out).to_ascii_lowercase();
+    assert!(text.contains("transfer-encoding: chunked"), "{text} {}", stderr(&out));
+    assert!(text.ends_with("200 300000"), "{text}");
+
+    // Large uploads, with a length and chunked.
+    let body = pattern(0, 3_000_000);
+    let mut request = format!(
+        "POST /echo HTTP/1.1\r\nhost: {HOST}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let reply = exchange(&mut s, &request).await;
+    assert!(
+        String::from_utf8_lossy(&reply.body).contains("\"body_length\":3000000"),
+        "{}",
+        reply.head
+    );
+    let mut request = format!("POST /echo HTTP/1.1\r\nhost: {HOST}\r\ntransfer-encoding: chunked\r\n\r\n").into_bytes();
+    for piece in body[..1_000_000].chunks(65_536) {
+        request.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        request.extend_from_slice(piece);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let reply = exchange(&mut s, &request).await;
+    assert!(
+        String::from_utf8_lossy(&reply.body).contains("\"body_length\":1000000"),
+        "{}",
+        reply.head
+    );
     g.finish().await;
 }

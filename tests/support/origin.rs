@@ -174,7 +174,8 @@ impl RequestRecord {
 
 /// An HTTP origin. By path:
 /// - `/politics` → 301, `location: https://edition.cnn.com/politics`, empty body;
-/// - `/bytes/N` → 200 with N bytes of [`pattern`] and `content-length: N`;
+/// - `/bytes/N` → 200 with N bytes of [`pattern`] and `content-length: N`; `/chunked/N` the
+///   same without a length (sent chunked);
 /// - `/echo` → 200, JSON `{method, path, version, authority, headers{name: value}, body_length,
 ///   sni}` (repeated header values joined with `, `);
 /// - `/status/N` → status N, empty body; `/slow/MS` → 200 after MS ms;
@@ -306,6 +307,10 @@ async fn handle(
             .header("content-type", "application/octet-stream")
             .header("content-length", n)
             .body(OriginBody::pattern(n))
+    } else if let Some(n) = number("/chunked/") {
+        Response::builder()
+            .header("content-type", "application/octet-stream")
+            .body(OriginBody::pattern_unsized(n))
     } else if route == "/echo" {
         let mut headers = serde_json::Map::new();
         for (name, value) in &record.headers {
@@ -384,6 +389,8 @@ enum BodyKind {
     Pattern {
         offset: u64,
         remaining: u64,
+        /// Whether the length is announced (size hint): else hyper sends it chunked.
+        sized: bool,
     },
     /// The chunk, then a pause (so hyper flushes it to the socket), then an error.
     ResetAfter {
@@ -408,6 +415,17 @@ impl OriginBody {
             kind: BodyKind::Pattern {
                 offset: 0,
                 remaining: len,
+                sized: true,
+            },
+        }
+    }
+    /// The pattern without a known length, so that it goes out chunked.
+    pub fn pattern_unsized(len: u64) -> Self {
+        OriginBody {
+            kind: BodyKind::Pattern {
+                offset: 0,
+                remaining: len,
+                sized: false,
             },
         }
     }
@@ -430,7 +448,7 @@ impl Body for OriginBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let frame = match &mut self.kind {
             BodyKind::Full(data) => data.take().map(|d| Ok(Frame::data(d))),
-            BodyKind::Pattern { offset, remaining } => {
+            BodyKind::Pattern { offset, remaining, .. } => {
                 if *remaining == 0 {
                     None
                 } else {
@@ -466,7 +484,10 @@ impl Body for OriginBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             BodyKind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            BodyKind::Pattern { remaining, .. } => SizeHint::with_exact(*remaining),
+            BodyKind::Pattern {
+                remaining, sized: true, ..
+            } => SizeHint::with_exact(*remaining),
+            BodyKind::Pattern { .. } => SizeHint::default(),
             BodyKind::ResetAfter { .. } => SizeHint::with_exact(100_000),
         }
     }
