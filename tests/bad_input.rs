@@ -264,6 +264,17 @@ async fn read_more<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&chunk[..n]);
 }
 
+/// The `content-length` of a response head.
+fn content_length(head: &str) -> Option<usize> {
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .and_then(|v| v.parse().ok())
+}
+
 /// Writes `request` and reads one response framed by `content-length` (5 s per read).
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, request: &[u8]) -> Reply {
     io.write_all(request).await.expect("write the request");
@@ -277,15 +288,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, request: &[u8])
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let status = status_of(&buf).unwrap_or_else(|| panic!("not a response: {head}"));
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().to_string())
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    let len = content_length(&head).unwrap_or_else(|| panic!("no content-length: {head}"));
     while buf.len() < head_end + len {
         read_more(io, &mut buf).await;
     }
@@ -1036,15 +1039,7 @@ async fn read_responses<S: AsyncRead + Unpin>(io: &mut S, n: usize) -> Vec<(u16,
             continue;
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().to_string())
-            })
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let len = content_length(&head).unwrap_or(0);
         while buf.len() < head_end + len {
             read_more(io, &mut buf).await;
         }
