@@ -32,6 +32,10 @@ for pair in nginx:nginx wrk:wrk curl:curl openssl:openssl taskset:util-linux pyt
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if ! python3 -m pip --version >/dev/null 2>&1; then missing+=(python3-pip); fi
+for arg in "$@"; do
+  # --perf profiles egressd with perf (Debian's linux-perf).
+  if [ "$arg" = --perf ] && ! command -v perf >/dev/null 2>&1; then missing+=(linux-perf); fi
+done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "run.sh: installing ${missing[*]}" >&2
   # Installing nginx must not start the system's nginx on port 80: keep services from starting
