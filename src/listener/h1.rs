@@ -424,26 +424,6 @@ where
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let mut extra: Option<String> = None;
-        let mut chunked = false;
-        let owed = if no_body_allowed {
-            None
-        } else if declared.is_some() {
-            declared
-        } else if body.is_end_stream() {
-            extra = Some("content-length: 0\r\n".into());
-            Some(0)
-        } else if let Some(n) = body.size_hint().exact() {
-            extra = Some(format!("content-length: {n}\r\n"));
-            Some(n)
-        } else if version == Version::HTTP_11 {
-            chunked = true;
-            extra = Some("transfer-encoding: chunked\r\n".into());
-            None
-        } else {
-            keep_alive = false; // delimited by the close
-            None
-        };
         let mut head = BytesMut::with_capacity(256 + parts.headers.len() * 48);
         status_line(&mut head, version, status);
         for (name, value) in &parts.headers {
@@ -452,9 +432,29 @@ where
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
-        if let Some(extra) = &extra {
-            head.extend_from_slice(extra.as_bytes());
-        }
+        // The framing the upstream did not declare: a known length, chunked, or the close.
+        let mut chunked = false;
+        let known = if body.is_end_stream() {
+            Some(0)
+        } else {
+            body.size_hint().exact()
+        };
+        let owed = if no_body_allowed {
+            None
+        } else if declared.is_some() {
+            declared
+        } else if let Some(n) = known {
+            // `BytesMut` is a `fmt::Write`: no intermediate string.
+            let _ = std::fmt::Write::write_fmt(&mut head, format_args!("content-length: {n}\r\n"));
+            Some(n)
+        } else if version == Version::HTTP_11 {
+            chunked = true;
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            None
+        } else {
+            keep_alive = false; // delimited by the close
+            None
+        };
         if !parts.headers.contains_key(header::DATE) {
             date_header(&mut head);
         }

@@ -107,14 +107,7 @@ impl Egressd {
             let mut e = Egressd::spawn(opts.clone());
             match e.wait_ready(READY_TIMEOUT) {
                 Ok(()) => return e,
-                Err(why) => {
-                    e.stop();
-                    let stderr = e.stderr();
-                    if attempt < BIND_ATTEMPTS && lost_port_race(&stderr) {
-                        continue;
-                    }
-                    panic!("egressd did not get ready: {why}\n--- stderr ---\n{stderr}");
-                }
+                Err(why) => e.retry_or_panic(attempt, &why),
             }
         }
     }
@@ -137,16 +130,20 @@ impl Egressd {
             };
             match result {
                 Ok(()) => return e,
-                Err(why) => {
-                    e.stop();
-                    let stderr = e.stderr();
-                    if attempt < BIND_ATTEMPTS && lost_port_race(&stderr) {
-                        continue;
-                    }
-                    panic!("egressd did not get ready: {why}\n--- stderr ---\n{stderr}");
-                }
+                Err(why) => e.retry_or_panic(attempt, &why),
             }
         }
+    }
+
+    /// A start that did not get ready: stopped; returns when it lost a port race and may be
+    /// tried again (`attempt` < `BIND_ATTEMPTS`), panics with its stderr otherwise.
+    fn retry_or_panic(&mut self, attempt: u32, why: &str) {
+        self.stop();
+        let stderr = self.stderr();
+        if attempt < BIND_ATTEMPTS && lost_port_race(&stderr) {
+            return;
+        }
+        panic!("egressd did not get ready: {why}\n--- stderr ---\n{stderr}");
     }
 
     /// Spawns egressd without waiting for it (for tests of startup failures).
