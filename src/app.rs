@@ -74,21 +74,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let concurrency = bootstrap
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(concurrency)
+    // The control plane (admin, reload, signals) on this thread; the data plane on the workers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(serve(bootstrap, args.config.config, snapshot, concurrency, loaded_hash))
+    let workers = crate::worker::Workers::start(concurrency).context("cannot start the workers")?;
+    runtime.block_on(serve(
+        bootstrap,
+        args.config.config,
+        snapshot,
+        Arc::new(workers),
+        loaded_hash,
+    ))
 }
 
 async fn serve(
     bootstrap: Bootstrap,
     config_paths: Vec<std::path::PathBuf>,
     snapshot: Snapshot,
-    concurrency: usize,
+    workers: Arc<crate::worker::Workers>,
     loaded_hash: u64,
 ) -> anyhow::Result<()> {
+    let concurrency = workers.handles().len();
     let store = stats::Store::new();
     let server_stats = stats::ServerStats::new(&store, concurrency, env!("CARGO_PKG_VERSION"));
     let (shutdown, mut shutdown_rx) = watch::channel(false);
@@ -130,6 +138,7 @@ async fn serve(
         shared.clone(),
         state.snapshot.clone(),
         Arc::new(state.bootstrap.clone()),
+        workers,
     ));
     listeners.reconcile()?;
     tokio::spawn(crate::reload::run(state.clone(), listeners.clone(), loaded_hash));

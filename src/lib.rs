@@ -18,3 +18,4 @@ pub mod routing;
 pub mod stats;
 pub mod tls;
 pub mod upstream;
+pub mod worker;

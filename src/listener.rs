@@ -1,6 +1,8 @@
 //! Listeners: bind the snapshot's ports and accept. The accept loop only accepts; sniffing,
 //! handshakes and routing run in the spawned per-connection task, each under a timeout.
-//! On a config reload the bound set is diffed: an unchanged address keeps its socket and every
+//! Each worker (`crate::worker`) accepts on a socket of its own per address, bound with
+//! `SO_REUSEPORT` so the kernel spreads new connections across workers, as Envoy's listeners do.
+//! On a config reload the bound set is diffed: an unchanged address keeps its sockets and every
 //! open connection, a new one is bound, a removed one stops accepting and drains.
 
 pub mod h1;
@@ -44,15 +46,22 @@ pub struct Listeners {
     shared: Arc<Shared>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     bootstrap: Arc<Bootstrap>,
+    workers: Arc<crate::worker::Workers>,
     running: Mutex<HashMap<SocketAddr, Running>>,
 }
 
 impl Listeners {
-    pub fn new(shared: Arc<Shared>, snapshot: Arc<ArcSwap<Snapshot>>, bootstrap: Arc<Bootstrap>) -> Listeners {
+    pub fn new(
+        shared: Arc<Shared>,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        bootstrap: Arc<Bootstrap>,
+        workers: Arc<crate::worker::Workers>,
+    ) -> Listeners {
         Listeners {
             shared,
             snapshot,
             bootstrap,
+            workers,
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -77,9 +86,9 @@ impl Listeners {
             if running.contains_key(&addr) {
                 continue;
             }
-            match bind(addr) {
-                Ok(listener) => {
-                    let local = listener.local_addr().unwrap_or(addr);
+            match bind_each(addr, self.workers.handles().len()) {
+                Ok(sockets) => {
+                    let local = sockets.first().and_then(|s| s.local_addr().ok()).unwrap_or(addr);
                     let ctx = Arc::new(ListenerContext {
                         name: name.to_string(),
                         local,
@@ -89,7 +98,16 @@ impl Listeners {
                         bootstrap: self.bootstrap.clone(),
                     });
                     let (stop, stopped) = watch::channel(false);
-                    tokio::spawn(accept_loop(listener, ctx.clone(), stopped));
+                    for (socket, worker) in sockets.into_iter().zip(self.workers.handles()) {
+                        let (ctx, stopped) = (ctx.clone(), stopped.clone());
+                        // Registered with the worker's own event loop, inside its runtime.
+                        worker.spawn(async move {
+                            match TcpListener::from_std(socket) {
+                                Ok(listener) => accept_loop(listener, ctx, stopped).await,
+                                Err(e) => tracing::error!(listener = %ctx.name, error = %e, "cannot register listener"),
+                            }
+                        });
+                    }
                     tracing::info!(listener = %name, address = %local, "listening");
                     running.insert(addr, Running { ctx, stop });
                 }
@@ -113,15 +131,34 @@ impl Listeners {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
+/// Binds `n` listening sockets on `addr`, one per worker. With more than one they share the
+/// address through `SO_REUSEPORT`; a port 0 is resolved by the first and reused by the rest.
+fn bind_each(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind(addr, n > 1)?;
+    let mut addr = addr;
+    addr.set_port(first.local_addr()?.port());
+    let mut sockets = vec![first];
+    for _ in 1..n {
+        sockets.push(bind(addr, true)?);
+    }
+    Ok(sockets)
+}
+
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>, mut stopped: watch::Receiver<bool>) {
@@ -217,7 +254,8 @@ mod tests {
     /// saves a setsockopt(2) per connection (`spawn_connection`).
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay() {
-        let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = super::bind("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();

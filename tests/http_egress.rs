@@ -24,10 +24,18 @@ fn config(host: &str, extra: &str) -> tempfile::TempDir {
 }
 
 async fn start(config_dir: &Path, dns: &TestDns, format: LogFormat) -> Egressd {
+    start_workers(config_dir, dns, format, None).await
+}
+
+/// `start` with `--concurrency workers` (default: one worker per CPU).
+async fn start_workers(config_dir: &Path, dns: &TestDns, format: LogFormat, workers: Option<usize>) -> Egressd {
     let mut opts = EgressdOptions::new(config_dir);
     opts.dns = Some(dns.addr());
     opts.port_mapping = vec![(80, 0)];
     opts.access_log = format;
+    if let Some(n) = workers {
+        opts.extra_args = vec!["--concurrency".into(), n.to_string()];
+    }
     Egressd::start_async(opts).await
 }
 
@@ -261,7 +269,8 @@ async fn h2c_from_the_client_and_to_the_upstream() {
         .unwrap()
         .replace("protocol: HTTP}]\n  resolution", "protocol: HTTP2}]\n  resolution");
     std::fs::write(dir.path().join("istio.yaml"), yaml).unwrap();
-    let e = start(dir.path(), &dns, LogFormat::Json).await;
+    // One worker: pools are per worker (as Envoy's), and the sharing below must be certain.
+    let e = start_workers(dir.path(), &dns, LogFormat::Json, Some(1)).await;
     let out = curl_async(&[
         "-s",
         "--http2-prior-knowledge",
@@ -423,7 +432,8 @@ async fn connection_pool_limits_queue_then_overflow_with_uo() {
     // Istio's circuit-breaking task: one connection, one pending request.
     let extra = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: cb}\nspec:\n  host: cb.example.com\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1}\n";
     let dir = config("cb.example.com", extra);
-    let e = start(dir.path(), &dns, LogFormat::Text).await;
+    // One worker: with more, each worker may open one connection past the limit (below).
+    let e = start_workers(dir.path(), &dns, LogFormat::Text, Some(1)).await;
     let url = gateway_url(&e, "/slow/600");
     let mut tasks = Vec::new();
     for i in 0..3u64 {
@@ -468,4 +478,104 @@ async fn connection_pool_limits_queue_then_overflow_with_uo() {
             .any(|l| l.contains("\" 503 UO upstream_reset_before_response_started{overflow} ")),
         "{lines:#?}"
     );
+}
+
+/// Two workers accept on one port (`SO_REUSEPORT`): connections are spread over both and counted
+/// per worker as Envoy counts them; pools are per worker, and a worker with no connection to an
+/// endpoint opens one even at `maxConnections` (Envoy's rule), so that its requests are not
+/// stranded behind a connection another worker holds idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_port_and_each_keeps_its_own_pool() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dns = TestDns::start().await;
+    dns.set_a("wk.example.com", &[Ipv4Addr::new(127, 0, 0, 110)], 30);
+    let origin = Origin::start("127.0.0.110:80".parse().unwrap(), None);
+    let extra = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: wk}\nspec:\n  host: wk.example.com\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1}\n";
+    let dir = config("wk.example.com", extra);
+    let e = start_workers(dir.path(), &dns, LogFormat::Text, Some(2)).await;
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", e.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .filter(|c| c.starts_with("egressd-wrk-"))
+        .collect();
+    assert_eq!(threads.len(), 2, "{threads:?}");
+
+    // 16 keep-alive connections, one request each in turn: both workers get some.
+    const CONNECTIONS: usize = 16;
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", e.bound_port(80)))
+                .await
+                .unwrap(),
+        );
+    }
+    for client in &mut clients {
+        client
+            .write_all(b"GET /echo HTTP/1.1\r\nhost: wk.example.com\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(client.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .expect("content-length");
+        let mut body = vec![0u8; length];
+        client.read_exact(&mut body).await.unwrap();
+    }
+    let listener = format!("listener.127.0.0.1_{}", e.bound_port(80));
+    let per_worker: Vec<u64> = (0..2)
+        .map(|w| {
+            e.stat(&format!("{listener}.worker_{w}.downstream_cx_total"))
+                .unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(per_worker.iter().sum::<u64>(), CONNECTIONS as u64, "{per_worker:?}");
+    assert!(per_worker.iter().all(|&n| n > 0), "both workers accept: {per_worker:?}");
+    assert_eq!(
+        e.stat(&format!("{listener}.downstream_cx_total")),
+        Some(CONNECTIONS as u64)
+    );
+    assert_eq!(
+        e.stat(&format!("{listener}.worker_0.downstream_cx_active")),
+        Some(per_worker[0])
+    );
+    let prometheus = e.get("/stats/prometheus").text();
+    let line = format!(
+        "envoy_listener_worker_downstream_cx_total{{listener_address=\"127.0.0.1_{}\",worker_id=\"1\"}} {}",
+        e.bound_port(80),
+        per_worker[1]
+    );
+    assert!(prometheus.lines().any(|l| l == line), "`{line}` not in\n{prometheus}");
+
+    // One upstream connection per worker, though maxConnections is 1: the second was opened
+    // past the limit and counted as an overflow; every request was served.
+    assert_eq!(origin.connections(), 2);
+    assert_eq!(
+        e.stat("cluster.outbound|80||wk.example.com.upstream_cx_overflow"),
+        Some(1)
+    );
+    assert_eq!(
+        e.stat("cluster.outbound|80||wk.example.com.upstream_rq_200"),
+        Some(CONNECTIONS as u64)
+    );
+    drop(clients);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while e.stat(&format!("{listener}.worker_0.downstream_cx_active")) != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker_0 active connections stay counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

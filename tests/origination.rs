@@ -142,6 +142,10 @@ impl World {
     }
 
     async fn start(&self, tls: &str, certs_dir: Option<PathBuf>) -> Egressd {
+        self.start_with(tls, certs_dir, &[]).await
+    }
+
+    async fn start_with(&self, tls: &str, certs_dir: Option<PathBuf>, extra_args: &[&str]) -> Egressd {
         let config = self.dir.path().join("config");
         std::fs::write(config.join("origination.yaml"), origination_yaml(tls)).unwrap();
         let opts = EgressdOptions {
@@ -149,6 +153,7 @@ impl World {
             certs: certs_dir,
             port_mapping: vec![(80, 0)],
             access_log: LogFormat::Text,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             ..EgressdOptions::new(config)
         };
         Egressd::start_async(opts).await
@@ -220,8 +225,13 @@ async fn http_in_https_out_reaches_the_origin_with_its_name_as_sni() {
     let world = World::new(150).await;
     let origin = world.https_origin();
     let ca = world.ca_file(&world.origin_ca, "origin-ca.pem");
+    // One worker: pools are per worker (as Envoy's), and the reuse below must be certain.
     let egressd = world
-        .start(&format!("        mode: SIMPLE\n        caCertificates: {ca}\n"), None)
+        .start_with(
+            &format!("        mode: SIMPLE\n        caCertificates: {ca}\n"),
+            None,
+            &["--concurrency", "1"],
+        )
         .await;
 
     let (status, headers, err) = curl_politics(&egressd).await;

@@ -59,8 +59,7 @@ pub async fn serve<S>(
         return;
     };
     let stats = ctx.shared.hcm_stats(&hcm.stat_prefix);
-    ctx.stats.downstream_cx_total.inc();
-    ctx.stats.downstream_cx_active.inc();
+    ctx.stats.cx_opened();
     stats.downstream_cx_total.inc();
     stats.downstream_cx_active.inc();
     let conn = Arc::new(HttpConn {
@@ -104,7 +103,7 @@ pub async fn serve<S>(
         Err(e) => tracing::debug!(listener = %ctx.name, error = %e, "downstream connection ended with an error"),
     }
     stats.downstream_cx_active.dec();
-    ctx.stats.downstream_cx_active.dec();
+    ctx.stats.cx_closed();
 }
 
 /// Cleartext HTTP/2 (prior knowledge) or h2 over TLS, with hyper.

@@ -134,7 +134,7 @@ async fn accept(
         Ok(Ok(stream)) => stream,
         Ok(Err(failure)) => {
             // Envoy counts the connection at the listener even when its handshake fails.
-            ctx.stats.downstream_cx_total.inc();
+            ctx.stats.cx_failed();
             failure.count(ctx);
             // Debug only: clients cause these at will; certificate and settings problems are
             // warned about once by `ServerCerts`.
@@ -143,7 +143,7 @@ async fn accept(
             return None;
         }
         Err(_) => {
-            ctx.stats.downstream_cx_total.inc();
+            ctx.stats.cx_failed();
             ctx.stats.ssl_connection_error.inc();
             tracing::debug!(listener = %ctx.name, %remote, timeout = ?ctx.bootstrap.timeouts.tls_handshake, "TLS handshake timed out");
             return None;

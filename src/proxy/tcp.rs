@@ -34,8 +34,7 @@ where
     record.downstream_remote_address = Some(session.remote);
     record.requested_server_name = session.server_name.as_deref().map(Into::into);
     record.downstream_peer_uri_san = session.peer_identity.clone();
-    ctx.stats.downstream_cx_total.inc();
-    ctx.stats.downstream_cx_active.inc();
+    ctx.stats.cx_opened();
     let tcp_stats = ctx.shared.tcp_stats(&route.stat_prefix);
     tcp_stats.downstream_cx_total.inc();
     let sni_stats = session.server_name.as_deref().map(|n| ctx.shared.sni.server_name(n));
@@ -55,7 +54,7 @@ where
         record.bytes_sent = tx;
     }
     record.duration_ms = clock.elapsed().as_millis() as u64;
-    ctx.stats.downstream_cx_active.dec();
+    ctx.stats.cx_closed();
     ctx.shared.logger.log(record);
 }
 

@@ -229,9 +229,37 @@ pub struct ListenerStats {
     pub ssl_fail_verify_no_cert: Counter,
     pub ssl_fail_verify_error: Counter,
     pub ssl_fail_verify_san: Counter,
+    /// `worker_<N>.downstream_cx_total` and `worker_<N>.downstream_cx_active`, per worker.
+    pub per_worker: Box<[(Counter, Gauge)]>,
 }
 
 impl ListenerStats {
+    /// A connection is served (after its filter chain was found): counted at the listener and
+    /// at the worker that accepted it, as Envoy counts them.
+    pub fn cx_opened(&self) {
+        self.downstream_cx_total.inc();
+        self.downstream_cx_active.inc();
+        let (total, active) = self.worker();
+        total.inc();
+        active.inc();
+    }
+
+    /// A connection counted by `cx_opened` ended.
+    pub fn cx_closed(&self) {
+        self.downstream_cx_active.dec();
+        self.worker().1.dec();
+    }
+
+    /// A connection that ended before it was served (a failed TLS handshake) is still counted.
+    pub fn cx_failed(&self) {
+        self.downstream_cx_total.inc();
+        self.worker().0.inc();
+    }
+
+    fn worker(&self) -> &(Counter, Gauge) {
+        &self.per_worker[crate::worker::index() % self.per_worker.len()]
+    }
+
     /// `addr_name` is Istio's listener name, `0.0.0.0_8080`.
     pub fn new(store: &Store, addr_name: &str) -> ListenerStats {
         let c = |suffix| store.counter_with(StatDesc::scoped(listener::SCOPE, addr_name, suffix));
@@ -251,6 +279,26 @@ impl ListenerStats {
             ssl_fail_verify_no_cert: c(listener::SSL_FAIL_VERIFY_NO_CERT),
             ssl_fail_verify_error: c(listener::SSL_FAIL_VERIFY_ERROR),
             ssl_fail_verify_san: c(listener::SSL_FAIL_VERIFY_SAN),
+            per_worker: (0..crate::worker::count())
+                .map(|i| {
+                    let (id, scope) = (i.to_string(), listener::SCOPE);
+                    let stat = |suffix: &str| {
+                        let family = format!("worker_{suffix}");
+                        StatDesc::scoped_tagged(
+                            scope,
+                            addr_name,
+                            &format!("worker_{i}.{suffix}"),
+                            &family,
+                            "worker_id",
+                            &id,
+                        )
+                    };
+                    (
+                        store.counter_with(stat(listener::DOWNSTREAM_CX_TOTAL)),
+                        store.gauge_with(stat(listener::DOWNSTREAM_CX_ACTIVE)),
+                    )
+                })
+                .collect(),
         }
     }
 }

@@ -185,7 +185,16 @@ impl ClusterRuntime {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(Slot(self.open.clone()))
+        Some(Slot(self.open.clone(), None))
+    }
+
+    /// A slot past `maxConnections`, counted as `upstream_cx_overflow`: for a worker whose pool
+    /// has no connection at all, as Envoy does, so that requests on one worker are not
+    /// stranded behind connections held idle by another.
+    pub fn reserve_over_limit(&self) -> Slot {
+        self.stats.upstream_cx_overflow.inc();
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Slot(self.open.clone(), None)
     }
 
     /// Requests waiting for a connection slot (`http1MaxPendingRequests`).
@@ -238,11 +247,24 @@ fn describe_io_error(e: &io::Error) -> String {
 }
 
 /// One of the cluster's `maxConnections`, released on drop.
-pub struct Slot(Arc<AtomicU64>);
+pub struct Slot(Arc<AtomicU64>, Option<Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Slot {
+    /// Also counts the connection in `live` (a worker's connections to one endpoint) while
+    /// it is open.
+    pub fn counted_in(mut self, live: Arc<std::sync::atomic::AtomicUsize>) -> Slot {
+        live.fetch_add(1, Ordering::AcqRel);
+        self.1 = Some(live);
+        self
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        if let Some(live) = &self.1 {
+            live.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -25,6 +26,9 @@ pub type PoolKey = (SocketAddr, Option<Arc<str>>);
 type IdleHttp1 = (http1::SendRequest<UpstreamBody>, u32, Option<SocketAddr>);
 /// The shared HTTP/2 connection of an endpoint and its local address.
 type SharedHttp2 = (http2::SendRequest<UpstreamBody>, Option<SocketAddr>);
+
+/// One map per worker, indexed by `crate::worker::index()`.
+type Shards<T> = Box<[Mutex<HashMap<PoolKey, T>>]>;
 
 /// Idle HTTP/1.1 connections kept per endpoint (beyond that they are closed).
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -72,8 +76,12 @@ impl Sender {
 pub struct Pool {
     protocol: UpstreamProtocol,
     max_requests_per_connection: Option<u32>,
-    idle: Mutex<HashMap<PoolKey, Vec<IdleHttp1>>>,
-    shared: Mutex<HashMap<PoolKey, SharedHttp2>>,
+    /// Per worker (`crate::worker`), as Envoy's pools are: a connection is only used by the
+    /// worker whose event loop drives it.
+    idle: Shards<Vec<IdleHttp1>>,
+    shared: Shards<SharedHttp2>,
+    /// Open connections per worker and key, idle or busy.
+    live: Shards<Arc<AtomicUsize>>,
 }
 
 impl Pool {
@@ -81,9 +89,22 @@ impl Pool {
         Pool {
             protocol: config.protocol,
             max_requests_per_connection: config.limits.max_requests_per_connection,
-            idle: Mutex::new(HashMap::new()),
-            shared: Mutex::new(HashMap::new()),
+            idle: (0..crate::worker::count()).map(|_| Mutex::default()).collect(),
+            shared: (0..crate::worker::count()).map(|_| Mutex::default()).collect(),
+            live: (0..crate::worker::count()).map(|_| Mutex::default()).collect(),
         }
+    }
+
+    /// How many connections to `key` this worker has open (the rule in `checkout`).
+    fn live_here(&self, key: &PoolKey) -> Arc<AtomicUsize> {
+        Self::mine(&self.live).entry(key.clone()).or_default().clone()
+    }
+
+    /// This worker's shard of `shards`.
+    fn mine<T>(shards: &[Mutex<T>]) -> std::sync::MutexGuard<'_, T> {
+        shards[crate::worker::index() % shards.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// A connection to `addr`: an idle one if any is ready, else a new one (TLS-originated when
@@ -105,9 +126,12 @@ impl Pool {
             _ => None,
         };
         let key: PoolKey = (addr, tls.as_ref().map(|(_, n)| Arc::from(n.to_str().as_ref())));
-        // Reuse a connection; else open one if `maxConnections` allows; else wait as a pending
-        // request (at most `http1MaxPendingRequests` of them, as Envoy queues) until either.
+        // Reuse a connection; else open one if `maxConnections` allows, or past it when this
+        // worker has none to the endpoint (Envoy's rule); else wait as a pending request (at
+        // most `http1MaxPendingRequests` of them, as Envoy queues) until either.
         let mut waiting: Option<PendingGuard<'_>> = None;
+        // This worker's connection count for `key`, looked up only when none is idle.
+        let mut live: Option<Arc<AtomicUsize>> = None;
         let started = tokio::time::Instant::now();
         let slot = loop {
             if self.protocol == UpstreamProtocol::Http2 {
@@ -120,8 +144,12 @@ impl Pool {
             if let Some(slot) = rt.reserve() {
                 break slot;
             }
+            let live = live.get_or_insert_with(|| self.live_here(&key));
+            if live.load(Ordering::Acquire) == 0 {
+                break rt.reserve_over_limit();
+            }
             if waiting.is_none() {
-                let pending = rt.pending().fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let pending = rt.pending().fetch_add(1, Ordering::AcqRel);
                 let guard = PendingGuard(rt.pending());
                 if pending >= u64::from(rt.config.limits.max_pending_requests) {
                     rt.stats.upstream_rq_pending_overflow.inc();
@@ -136,6 +164,7 @@ impl Pool {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         };
         drop(waiting);
+        let slot = slot.counted_in(live.unwrap_or_else(|| self.live_here(&key)));
         // The rare path, boxed: its future (connect, TLS, HTTP handshake) is several KiB that
         // every request's future would otherwise carry, and copy into its box.
         Box::pin(self.open(rt, addr, slot, tls, &key))
@@ -210,7 +239,7 @@ impl Pool {
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            let mut shared = Self::mine(&self.shared);
             shared.insert(key.clone(), (send.clone(), local));
             Ok(Sender::Http2 { send, local })
         } else {
@@ -230,7 +259,7 @@ impl Pool {
     }
 
     fn idle_ready(&self, key: &PoolKey) -> Option<IdleHttp1> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = Self::mine(&self.idle);
         let list = idle.get_mut(key)?;
         // Newest first: the most recently used connection is the least likely to have been
         // closed by the upstream's idle timeout.
@@ -251,7 +280,7 @@ impl Pool {
     }
 
     fn shared_ready(&self, key: &PoolKey) -> Option<SharedHttp2> {
-        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut shared = Self::mine(&self.shared);
         match shared.get(key) {
             Some((send, _)) if send.is_closed() => {
                 shared.remove(key);
@@ -271,7 +300,7 @@ impl Pool {
         if send.is_closed() || self.max_requests_per_connection.is_some_and(|max| uses >= max) {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = Self::mine(&self.idle);
         let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push((send, uses, local));
@@ -293,6 +322,6 @@ struct PendingGuard<'a>(&'a std::sync::atomic::AtomicU64);
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

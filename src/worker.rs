@@ -1,0 +1,99 @@
+//! Workers, as Envoy has them: one thread per worker, each running its own single-threaded
+//! event loop. Every worker accepts on its own `SO_REUSEPORT` socket of each listener
+//! (`listener::Listeners`), and the connections it accepts, the upstream connections they open
+//! and the pool shard that keeps those (`upstream::pool`) stay on it: no work stealing and no
+//! cross-thread wake-ups on the request path. The control plane (admin, reload, signals) runs
+//! on the main thread's runtime.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::Handle;
+
+thread_local! {
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Workers started in this process (1 until `Workers::start`).
+static COUNT: AtomicUsize = AtomicUsize::new(1);
+
+/// This thread's worker number; 0 on any thread that is not a worker.
+pub fn index() -> usize {
+    INDEX.get()
+}
+
+/// How many workers the process runs: per-worker state is sharded this many ways.
+pub fn count() -> usize {
+    COUNT.load(Ordering::Relaxed)
+}
+
+/// The running workers' runtimes. They run until the process exits.
+pub struct Workers {
+    handles: Vec<Handle>,
+}
+
+impl Workers {
+    /// Starts `n` worker threads (`n` ≥ 1), each with its own runtime.
+    pub fn start(n: usize) -> std::io::Result<Workers> {
+        let n = n.max(1);
+        let mut handles = Vec::with_capacity(n);
+        for index in 0..n {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name(format!("egressd-wrk-{index}"))
+                .spawn(move || {
+                    INDEX.set(index);
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    match runtime {
+                        Ok(runtime) => {
+                            let _ = tx.send(Ok(runtime.handle().clone()));
+                            runtime.block_on(std::future::pending::<()>());
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                })?;
+            let handle = rx
+                .recv()
+                .map_err(|_| std::io::Error::other("a worker thread ended while starting"))??;
+            handles.push(handle);
+        }
+        COUNT.store(n, Ordering::Relaxed);
+        Ok(Workers { handles })
+    }
+
+    /// One runtime handle per worker, in worker order.
+    pub fn handles(&self) -> &[Handle] {
+        &self.handles
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_worker_runs_tasks_on_its_own_thread_and_knows_its_index() {
+        let workers = Workers::start(3).unwrap();
+        assert_eq!(count(), 3);
+        let mut seen = Vec::new();
+        for handle in workers.handles() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            handle.spawn(async move {
+                // A task spawned from a worker's task stays on that worker.
+                let inner = tokio::spawn(async { (index(), std::thread::current().id()) });
+                let outer = (index(), std::thread::current().id());
+                let _ = tx.send((outer, inner.await.unwrap()));
+            });
+            let (outer, inner) = rx.recv().unwrap();
+            assert_eq!(outer, inner);
+            seen.push(outer);
+        }
+        let indexes: Vec<usize> = seen.iter().map(|s| s.0).collect();
+        assert_eq!(indexes, vec![0, 1, 2]);
+        let threads: std::collections::HashSet<_> = seen.iter().map(|s| s.1).collect();
+        assert_eq!(threads.len(), 3);
+        assert_eq!(index(), 0, "the test thread is not a worker");
+    }
+}
