@@ -61,10 +61,18 @@ SCENARIOS = [
     ("idle-mtls", "idle-mtls", "idle ISTIO_MUTUAL connections (client certificate, ALPN istio-http/1.1; each did one GET) held open", "/1k", False),
     ("workers-1", "wrk-http", "http-ka-1k with nothing pinned (proxy, wrk -t2 and nginx share both CPUs) and one proxy worker (`--concurrency 1`)", "/1k", False),
     ("workers-2", "wrk-http", "the same with two proxy workers (`--concurrency 2`)", "/1k", False),
+    ("workers-h2-1", "h2load-http", "HTTP/2 (h2c) clients, 50 connections × 10 concurrent streams (h2load -t2), nothing pinned, one proxy worker: the client costs little per request, so the proxy is the bottleneck", "/1k", False),
+    ("workers-h2-2", "h2load-http", "the same with two proxy workers", "/1k", False),
+    ("workers-mtls-1", "wrk-mtls-ec", "mtls-new-1k with nothing pinned and one proxy worker, the sidecar (2 workers) holding an ECDSA P-256 certificate (istio-agent's `ECC_SIGNATURE_ALGORITHM=ECDSA`) while the gateway keeps RSA-2048: the gateway's RSA signature per handshake dominates, so the proxy is the bottleneck", "/1k", True),
+    ("workers-mtls-2", "wrk-mtls-ec", "the same with two proxy workers", "/1k", True),
 ]
 # Scenarios that run unpinned, with this many proxy workers (issue 6 item 4: do 2 workers serve
 # more than 1 on a 2-CPU machine?).
-WORKERS = {"workers-1": 1, "workers-2": 2}
+WORKERS = {"workers-1": 1, "workers-2": 2, "workers-h2-1": 1, "workers-h2-2": 2, "workers-mtls-1": 1,
+           "workers-mtls-2": 2}
+# (1 worker, 2 workers, what): the pairs the workers table compares.
+WORKER_PAIRS = [("workers-1", "workers-2", "HTTP/1.1, wrk"), ("workers-h2-1", "workers-h2-2", "HTTP/2 ×10 streams, h2load"),
+                ("workers-mtls-1", "workers-mtls-2", "new ISTIO_MUTUAL handshakes, ECDSA sidecar")]
 # Scenarios whose CPU figure is per GiB moved (the others: per 10k requests).
 PER_GIB = {"http-ka-151k", "tls-bulk-100m"}
 
@@ -76,7 +84,7 @@ PER_GIB = {"http-ka-151k", "tls-bulk-100m"}
 # that originates ISTIO_MUTUAL to the gateway under test (templates/envoy-mtls.yaml for Envoy,
 # templates/egressd-istio-mtls.yaml for egressd); for `direct` the sidecar sends plain HTTP to the
 # origin. Certificates are RSA-2048 with istiod's SPIFFE URI SANs (`mtls_certs()`).
-MTLS_KINDS = {"wrk-mtls", "idle-mtls"}
+MTLS_KINDS = {"wrk-mtls", "wrk-mtls-ec", "idle-mtls"}
 
 STARTED = []  # every Popen this script started, stopped by pid on exit
 
@@ -385,6 +393,36 @@ def run_wrk(url, connect_to, seconds, close, conns=50, cpus=None):
     }
 
 
+def run_h2load(url, connect_to, seconds, conns=50, streams=10):
+    """h2load with prior-knowledge h2c to `connect_to`, `:authority` from `url`. h2load reports
+    no latency percentiles: p50/p99 are left out."""
+    authority = url.split("/")[2]
+    target = f"http://{connect_to[0]}:{connect_to[1]}/{url.split('/', 3)[3]}"
+    cmd = ["h2load", "-t2", f"-c{conns}", f"-m{streams}", f"-D{seconds}", "-H", f":authority: {authority}", target]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    done = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out.stdout)
+    req = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                    r"(\d+) errored, (\d+) timeout", out.stdout)
+    traffic = re.search(r"traffic: \S+ \((\d+)\) total", out.stdout)
+    codes = re.search(r"status codes: (\d+) 2xx", out.stdout)
+    if out.returncode != 0 or not (done and req and traffic and codes):
+        raise RuntimeError(f"h2load failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
+    secs = float(done.group(1)) / (1000 if done.group(2) == "ms" else 1)
+    ok = int(codes.group(1))
+    total_done = int(req.group(2))
+    return {
+        "requests": ok,
+        "bytes": int(traffic.group(1)),
+        "seconds": secs,
+        "rps": ok / secs,
+        "mbps": int(traffic.group(1)) / secs / 1e6,
+        "p50_ms": None,
+        "p99_ms": None,
+        "errors": total_done - ok + int(req.group(5)) + int(req.group(6)),
+        "error_detail": {},
+    }
+
+
 def run_bulk(connect_to, seconds, max_downloads=100):
     size = BODY_SIZES["100m"]
     times, total, errors, detail = [], 0, 0, []
@@ -481,14 +519,16 @@ def mtls_certs(d):
     ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/O=cluster.local",
          "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
          "-keyout", "root-key.pem", "-out", "root-cert.pem")
-    for name, spiffe in (("gw", GATEWAY_SPIFFE), ("sleep", SLEEP_SPIFFE)):
+    for name, spiffe, key in (("gw", GATEWAY_SPIFFE, "rsa:2048"), ("sleep", SLEEP_SPIFFE, "rsa:2048"),
+                              ("sleep-ec", SLEEP_SPIFFE, "ec")):
         ext = d / f"{name}.ext"
         ext.write_text(
             "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
             "extendedKeyUsage=serverAuth,clientAuth\n"
             f"subjectAltName=critical,URI:{spiffe}\n"
         )
-        ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/", "-keyout", f"{name}-key.pem",
+        curve = ["-pkeyopt", "ec_paramgen_curve:P-256"] if key == "ec" else []
+        ossl("req", "-newkey", key, *curve, "-nodes", "-subj", "/", "-keyout", f"{name}-key.pem",
              "-out", f"{name}.csr")
         ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "root-cert.pem", "-CAkey", "root-key.pem",
              "-CAcreateserial", "-days", "2", "-extfile", ext.name, "-out", f"{name}-cert.pem")
@@ -505,7 +545,7 @@ def mtls_client_args(d):
             "--alpn", ISTIO_HTTP11_ALPN]
 
 
-def sidecar_tls_block(d, resume):
+def sidecar_tls_block(d, resume, client="sleep"):
     """The sidecar's ISTIO_MUTUAL UpstreamTlsContext (YAML, indented for the cluster)."""
     return f"""\
     transport_socket:
@@ -518,8 +558,8 @@ def sidecar_tls_block(d, resume):
           alpn_protocols: [ {", ".join(f'"{a}"' for a in ISTIO_HTTP11_ALPN.split(","))} ]
           tls_params: {{ tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3 }}
           tls_certificates:
-          - certificate_chain: {{ filename: "{d / 'sleep-cert.pem'}" }}
-            private_key: {{ filename: "{d / 'sleep-key.pem'}" }}
+          - certificate_chain: {{ filename: "{d / f'{client}-cert.pem'}" }}
+            private_key: {{ filename: "{d / f'{client}-key.pem'}" }}
           validation_context:
             trusted_ca: {{ filename: "{d / 'root-cert.pem'}" }}
             match_typed_subject_alt_names:
@@ -561,11 +601,15 @@ def measure(scenario, target, env, args):
     """One measured run of one scenario against one target; None when it does not apply."""
     name, kind, _desc, path, close = scenario
     origin = env["origin"]
-    mtls = kind.endswith("mtls")
+    mtls = "mtls" in kind
     proxy = (env["mtls"] if mtls else env["main"]).get(target)
-    sidecar = env["sidecar"].get(target) if kind == "wrk-mtls" else None
+    sidecar = {"wrk-mtls": env["sidecar"], "wrk-mtls-ec": env["sidecar_ec"]}.get(kind, {}).get(target)
     if kind.startswith("idle") and proxy is None:
         return None  # no proxy, nothing to hold connections
+    if kind == "h2load-http" and proxy is None:
+        return None  # the nginx origin serves HTTP/1.1 only on its port
+    if kind == "wrk-mtls-ec" and proxy is None:
+        return None  # no gateway: nothing to compare workers of
     pid = None
     workers = WORKERS.get(name)
     cpus = "0,1" if workers else None
@@ -593,17 +637,23 @@ def measure(scenario, target, env, args):
             res = run_bulk(tls_addr, args.duration)
             finish_perf(profile)
         else:
-            if kind == "wrk-mtls":
+            if kind.startswith("wrk-mtls"):
                 url, addr = f"http://{HOST}{path}", (sidecar.tls_addr if close else sidecar.http_addr)
                 close = False  # wrk keeps its connections to the sidecar; the sidecar's upstream decides
             elif kind == "wrk-tls":
                 url, addr = f"https://{HOST}{path}", tls_addr
             else:
                 url, addr = f"http://{HOST}{path}", http_addr
-            run_wrk(url, addr, args.warmup, close, cpus=cpus)
+            if kind == "h2load-http":
+                def load(seconds):
+                    return run_h2load(url, addr, seconds)
+            else:
+                def load(seconds):
+                    return run_wrk(url, addr, seconds, close, cpus=cpus)
+            load(args.warmup)
             cpu0 = proc_cpu(pid) if pid else None
             profile = start_perf(pid, name, target, args) if pid else None
-            res = run_wrk(url, addr, args.duration, close, cpus=cpus)
+            res = load(args.duration)
             finish_perf(profile)
         if pid:
             res["cpu_s"] = proc_cpu(pid) - cpu0
@@ -672,8 +722,9 @@ def summary_line(name, target, r, res):
     if "cpu_s" in res:
         cpu = (f", proxy CPU {res['cpu_s']:.2f}s = {res['cpu_per_10k']:.3f} s/10k req, "
                f"{res['cpu_per_gib']:.3f} s/GiB, peak RSS {res['hwm_kib'] / 1024:.1f} MiB")
-    log(f"  [{name} r{r} {target}] {res['rps']:.0f} req/s, {res['mbps']:.1f} MB/s, p50 "
-        f"{res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms, errors {res['errors']}{cpu}")
+    latency = "" if res["p50_ms"] is None else f", p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms"
+    log(f"  [{name} r{r} {target}] {res['rps']:.0f} req/s, {res['mbps']:.1f} MB/s{latency}, "
+        f"errors {res['errors']}{cpu}")
 
 
 def med(values):
@@ -789,17 +840,19 @@ def report(results, scenarios, proxy_starts, args, meta):
         L.append(f"| {name} | {ratio(e['rps'], v['rps'])} | {ratio(e[cpu_key], v[cpu_key])} | "
                  f"{ratio(e['p99_ms'], v['p99_ms'])} | {ratio(e['hwm_kib'], v['hwm_kib'])} | "
                  f"{ratio(e['rps'], d['rps']) if d else '-'} |")
-    if all(any(sc[0] == w for sc in scenarios) for w in WORKERS):
+    pairs = [p for p in WORKER_PAIRS if all(any(sc[0] == w for sc in scenarios) for w in p[:2])]
+    if pairs:
         L.append("")
-        L.append("| workers (nothing pinned) | req/s, 1 worker | req/s, 2 workers | 2 workers / 1 | "
+        L.append("| workers (nothing pinned) | load | req/s, 1 worker | req/s, 2 workers | 2 workers / 1 | "
                  "CPU s/10k req, 1 worker | CPU s/10k req, 2 workers |")
-        L.append("|---|---:|---:|---:|---:|---:|")
-        for t in TARGETS:
-            one, two = aggregate(results, "workers-1", t), aggregate(results, "workers-2", t)
-            if one and two:
-                L.append(f"| {t if t != 'direct' else 'direct (no proxy)'} | {fmt(one['rps'], 1)} | "
-                         f"{fmt(two['rps'], 1)} | {ratio(two['rps'], one['rps'])} | "
-                         f"{fmt(one['cpu_per_10k'], 3)} | {fmt(two['cpu_per_10k'], 3)} |")
+        L.append("|---|---|---:|---:|---:|---:|---:|")
+        for w1, w2, what in pairs:
+            for t in TARGETS:
+                one, two = aggregate(results, w1, t), aggregate(results, w2, t)
+                if one and two:
+                    L.append(f"| {t if t != 'direct' else 'direct (no proxy)'} | {what} | {fmt(one['rps'], 1)} | "
+                             f"{fmt(two['rps'], 1)} | {ratio(two['rps'], one['rps'])} | "
+                             f"{fmt(one.get('cpu_per_10k'), 3)} | {fmt(two.get('cpu_per_10k'), 3)} |")
     L.append("")
     L.append(f"| proxy | idle RSS MiB | RSS per idle conn KiB: HTTP ({IDLE_CONNS:,}) | "
              f"TLS passthrough ({args.idle_tls_conns:,}) | ISTIO_MUTUAL ({IDLE_CONNS:,}) | "
@@ -941,7 +994,7 @@ def main():
         origin = Origin(run_dir, args.cache, nofile)
         origin.start()
         origin_values = {"ORIGIN_IP": ORIGIN_IP, "ORIGIN_HTTP": origin.http_port, "ORIGIN_TLS": origin.tls_port}
-        env = {"origin": origin, "main": {}, "mtls": {}, "sidecar": {}}
+        env = {"origin": origin, "main": {}, "mtls": {}, "sidecar": {}, "sidecar_ec": {}}
         env["main"]["envoy"] = Envoy(run_dir, args.envoy, "envoy", "envoy.yaml", origin_values)
         env["main"]["egressd"] = Egressd(run_dir, args.egressd, "egressd", "egressd-istio.yaml",
                                          origin_values, "80={http},443={tls}")
@@ -970,6 +1023,15 @@ def main():
                      "TLS_KA": sidecar_tls_block(mtls_dir, resume=True) if tls else "",
                      "TLS_NEW": sidecar_tls_block(mtls_dir, resume=False) if tls else ""},
                     cpu="1")
+                if tls:  # workers-mtls-*: an unpinned two-worker sidecar with an ECDSA certificate
+                    ec = Envoy(
+                        run_dir, args.envoy, f"sidecar-ec-{t}", "envoy-sidecar.yaml",
+                        {"UPSTREAM_IP": ip, "UPSTREAM_PORT": port,
+                         "TLS_KA": sidecar_tls_block(mtls_dir, resume=True, client="sleep-ec"),
+                         "TLS_NEW": sidecar_tls_block(mtls_dir, resume=False, client="sleep-ec")},
+                        cpu="0,1")
+                    ec.concurrency = 2
+                    env["sidecar_ec"][t] = ec
         else:
             meta["mtls"] = "skipped: " + why
             scenarios = [s for s in scenarios if s[1] not in MTLS_KINDS]

