@@ -96,7 +96,9 @@ where
             return None;
         }
     };
-    record.upstream_local_address = upstream.local;
+    if ctx.shared.logger.enabled() {
+        record.upstream_local_address = upstream.local_addr();
+    }
     rt.stats.upstream_rq_total.inc();
     let host = rt.host_stats(addr);
     host.rq_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

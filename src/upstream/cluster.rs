@@ -226,7 +226,6 @@ impl ClusterRuntime {
         self.stats.upstream_cx_active.inc();
         host.cx_active.fetch_add(1, Ordering::Relaxed);
         Ok(CountedStream {
-            local: stream.local_addr().ok(),
             inner: stream,
             rx: self.stats.upstream_cx_rx_bytes_total.clone(),
             tx: self.stats.upstream_cx_tx_bytes_total.clone(),
@@ -272,7 +271,6 @@ impl Drop for Slot {
 /// connection's end (`upstream_cx_active`, the `maxConnections` slot).
 pub struct CountedStream {
     inner: TcpStream,
-    pub local: Option<SocketAddr>,
     rx: crate::stats::Counter,
     tx: crate::stats::Counter,
     active: crate::stats::Gauge,
@@ -283,6 +281,11 @@ pub struct CountedStream {
 impl CountedStream {
     pub fn tcp(&self) -> &TcpStream {
         &self.inner
+    }
+
+    /// The local address (getsockname(2) on each call: asked only when a log line needs it).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local_addr().ok()
     }
 
     /// Counts bytes moved without passing through this stream's read/write (splice(2)).

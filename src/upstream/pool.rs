@@ -182,7 +182,7 @@ impl Pool {
         key: &PoolKey,
     ) -> Result<Sender, CheckoutError> {
         let stream = rt.connect_with(addr, slot).await.map_err(CheckoutError::Connect)?;
-        let local = stream.local;
+        let local = stream.local_addr();
         let sender = match tls {
             None => self.handshake(TokioIo::new(stream), local, key).await?,
             Some((config, name)) => {
