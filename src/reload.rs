@@ -38,7 +38,14 @@ pub async fn run(state: Arc<AppState>, listeners: Arc<Listeners>, loaded_hash: u
         // Debounce: let the burst finish, then look once.
         tokio::time::sleep(DEBOUNCE).await;
         while rx.try_recv().is_ok() {}
-        let Some(hash) = content_hash(&state.config_paths) else {
+        // Reading and compiling run on the blocking pool: this thread also serves the admin
+        // API and health probes, which must answer while 10,000 resources compile.
+        let paths = state.config_paths.clone();
+        let hash = tokio::task::spawn_blocking(move || content_hash(&paths))
+            .await
+            .ok()
+            .flatten();
+        let Some(hash) = hash else {
             // Reading failed (e.g. out of file descriptors): not a config change; look again.
             continue;
         };
@@ -46,7 +53,8 @@ pub async fn run(state: Arc<AppState>, listeners: Arc<Listeners>, loaded_hash: u
             continue;
         }
         last_hash = hash;
-        reload(&state, &listeners);
+        let (state, listeners) = (state.clone(), listeners.clone());
+        let _ = tokio::task::spawn_blocking(move || reload(&state, &listeners)).await;
     }
 }
 

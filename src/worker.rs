@@ -43,7 +43,10 @@ impl Workers {
                 .name(format!("egressd-wrk-{index}"))
                 .spawn(move || {
                     INDEX.set(index);
-                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_io()
+                        .enable_time()
+                        .build();
                     match runtime {
                         Ok(runtime) => {
                             let _ = tx.send(Ok(runtime.handle().clone()));

@@ -27,14 +27,14 @@ async fn start(config_dir: &Path, dns: &TestDns, format: LogFormat) -> Egressd {
     start_workers(config_dir, dns, format, None).await
 }
 
-/// `start` with `--concurrency workers` (default: one worker per CPU).
+/// `start` with `--concurrency workers` (default: the test launcher's).
 async fn start_workers(config_dir: &Path, dns: &TestDns, format: LogFormat, workers: Option<usize>) -> Egressd {
     let mut opts = EgressdOptions::new(config_dir);
     opts.dns = Some(dns.addr());
     opts.port_mapping = vec![(80, 0)];
     opts.access_log = format;
     if let Some(n) = workers {
-        opts.extra_args = vec!["--concurrency".into(), n.to_string()];
+        opts.concurrency = n;
     }
     Egressd::start_async(opts).await
 }

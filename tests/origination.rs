@@ -142,10 +142,11 @@ impl World {
     }
 
     async fn start(&self, tls: &str, certs_dir: Option<PathBuf>) -> Egressd {
-        self.start_with(tls, certs_dir, &[]).await
+        self.start_with(tls, certs_dir, EgressdOptions::default().concurrency)
+            .await
     }
 
-    async fn start_with(&self, tls: &str, certs_dir: Option<PathBuf>, extra_args: &[&str]) -> Egressd {
+    async fn start_with(&self, tls: &str, certs_dir: Option<PathBuf>, workers: usize) -> Egressd {
         let config = self.dir.path().join("config");
         std::fs::write(config.join("origination.yaml"), origination_yaml(tls)).unwrap();
         let opts = EgressdOptions {
@@ -153,7 +154,7 @@ impl World {
             certs: certs_dir,
             port_mapping: vec![(80, 0)],
             access_log: LogFormat::Text,
-            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            concurrency: workers,
             ..EgressdOptions::new(config)
         };
         Egressd::start_async(opts).await
@@ -230,7 +231,7 @@ async fn http_in_https_out_reaches_the_origin_with_its_name_as_sni() {
         .start_with(
             &format!("        mode: SIMPLE\n        caCertificates: {ca}\n"),
             None,
-            &["--concurrency", "1"],
+            1,
         )
         .await;
 

@@ -259,3 +259,53 @@ async fn exit_on_zero_active_connections() {
     assert!(status.success());
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 }
+
+/// A reload of a large config compiles off the thread that serves the admin API and health
+/// probes: `/ready` keeps answering at once while thousands of resources load and compile (a
+/// kubelet probe that times out would restart the pod).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_while_a_large_config_compiles() {
+    let dns = TestDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    std::fs::write(config.join("istio.yaml"), istio_yaml("before")).unwrap();
+    let e = start(&config, &dns, None).await;
+
+    let mut big = String::new();
+    for i in 0..BIG_CONFIG_HOSTS {
+        big.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se{i}}}\nspec:\n  hosts: [h{i}.example.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: DNS\n"
+        ));
+    }
+    let started = Instant::now();
+    std::fs::write(config.join("big.yaml"), big).unwrap();
+    let mut slowest = Duration::ZERO;
+    let mut probes = 0;
+    while e.stat("server.config_reload").unwrap_or(0) < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no reload:\n{}",
+            e.stderr()
+        );
+        let asked = Instant::now();
+        assert_eq!(e.get("/ready").status, 200);
+        slowest = slowest.max(asked.elapsed());
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = started.elapsed();
+    // The check means something only if the reload took much longer than a probe may.
+    assert!(
+        took > Duration::from_millis(800),
+        "the reload took only {took:?}: use a bigger config"
+    );
+    assert!(
+        slowest < Duration::from_millis(250),
+        "/ready took {slowest:?} during a {took:?} reload ({probes} probes)"
+    );
+    assert_eq!(e.stat("server.config_reload_failed"), Some(0));
+}
+
+/// ServiceEntries in `probes_answer_while_a_large_config_compiles`.
+const BIG_CONFIG_HOSTS: usize = 8_000;

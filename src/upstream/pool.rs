@@ -27,8 +27,15 @@ type IdleHttp1 = (http1::SendRequest<UpstreamBody>, u32, Option<SocketAddr>);
 /// The shared HTTP/2 connection of an endpoint and its local address.
 type SharedHttp2 = (http2::SendRequest<UpstreamBody>, Option<SocketAddr>);
 
-/// One map per worker, indexed by `crate::worker::index()`.
-type Shards<T> = Box<[Mutex<HashMap<PoolKey, T>>]>;
+/// A worker's connections (`crate::worker`): used only by the worker whose event loop
+/// drives them, as Envoy's pools are.
+#[derive(Default)]
+struct Shard {
+    idle: HashMap<PoolKey, Vec<IdleHttp1>>,
+    shared: HashMap<PoolKey, SharedHttp2>,
+    /// Open connections per key, idle or busy (the rule in `Pool::checkout`).
+    live: HashMap<PoolKey, Arc<AtomicUsize>>,
+}
 
 /// Idle HTTP/1.1 connections kept per endpoint (beyond that they are closed).
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -76,12 +83,8 @@ impl Sender {
 pub struct Pool {
     protocol: UpstreamProtocol,
     max_requests_per_connection: Option<u32>,
-    /// Per worker (`crate::worker`), as Envoy's pools are: a connection is only used by the
-    /// worker whose event loop drives it.
-    idle: Shards<Vec<IdleHttp1>>,
-    shared: Shards<SharedHttp2>,
-    /// Open connections per worker and key, idle or busy.
-    live: Shards<Arc<AtomicUsize>>,
+    /// One per worker, indexed by `crate::worker::index()`.
+    shards: Box<[Mutex<Shard>]>,
 }
 
 impl Pool {
@@ -89,20 +92,18 @@ impl Pool {
         Pool {
             protocol: config.protocol,
             max_requests_per_connection: config.limits.max_requests_per_connection,
-            idle: (0..crate::worker::count()).map(|_| Mutex::default()).collect(),
-            shared: (0..crate::worker::count()).map(|_| Mutex::default()).collect(),
-            live: (0..crate::worker::count()).map(|_| Mutex::default()).collect(),
+            shards: (0..crate::worker::count()).map(|_| Mutex::default()).collect(),
         }
     }
 
     /// How many connections to `key` this worker has open (the rule in `checkout`).
     fn live_here(&self, key: &PoolKey) -> Arc<AtomicUsize> {
-        Self::mine(&self.live).entry(key.clone()).or_default().clone()
+        self.mine().live.entry(key.clone()).or_default().clone()
     }
 
-    /// This worker's shard of `shards`.
-    fn mine<T>(shards: &[Mutex<T>]) -> std::sync::MutexGuard<'_, T> {
-        shards[crate::worker::index() % shards.len()]
+    /// This worker's shard.
+    fn mine(&self) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[crate::worker::index() % self.shards.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -239,8 +240,7 @@ impl Pool {
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            let mut shared = Self::mine(&self.shared);
-            shared.insert(key.clone(), (send.clone(), local));
+            self.mine().shared.insert(key.clone(), (send.clone(), local));
             Ok(Sender::Http2 { send, local })
         } else {
             let (send, conn) = http1::handshake(io)
@@ -259,8 +259,8 @@ impl Pool {
     }
 
     fn idle_ready(&self, key: &PoolKey) -> Option<IdleHttp1> {
-        let mut idle = Self::mine(&self.idle);
-        let list = idle.get_mut(key)?;
+        let mut shard = self.mine();
+        let list = shard.idle.get_mut(key)?;
         // Newest first: the most recently used connection is the least likely to have been
         // closed by the upstream's idle timeout.
         let mut busy = Vec::new();
@@ -280,10 +280,10 @@ impl Pool {
     }
 
     fn shared_ready(&self, key: &PoolKey) -> Option<SharedHttp2> {
-        let mut shared = Self::mine(&self.shared);
-        match shared.get(key) {
+        let mut shard = self.mine();
+        match shard.shared.get(key) {
             Some((send, _)) if send.is_closed() => {
-                shared.remove(key);
+                shard.shared.remove(key);
                 None
             }
             Some((send, local)) => Some((send.clone(), *local)),
@@ -300,8 +300,8 @@ impl Pool {
         if send.is_closed() || self.max_requests_per_connection.is_some_and(|max| uses >= max) {
             return;
         }
-        let mut idle = Self::mine(&self.idle);
-        let list = idle.entry(key).or_default();
+        let mut shard = self.mine();
+        let list = shard.idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push((send, uses, local));
         }

@@ -50,6 +50,9 @@ pub struct EgressdOptions {
     pub port_mapping: Vec<(u16, u16)>,
     /// `--access-log-format`.
     pub access_log: LogFormat,
+    /// `--concurrency`: 2 by default, a fixed count so that tests (fds, pools per worker) do
+    /// not depend on the machine's CPUs.
+    pub concurrency: usize,
     /// Appended after the flags above.
     pub extra_args: Vec<String>,
     /// Extra environment (after `EGRESSD_LOG=info`, so it can override it).
@@ -66,6 +69,7 @@ impl Default for EgressdOptions {
             certs: None,
             port_mapping: vec![(80, 0), (443, 0)],
             access_log: LogFormat::Text,
+            concurrency: 2,
             extra_args: Vec::new(),
             env: Vec::new(),
             binary: None,
@@ -196,6 +200,7 @@ impl Egressd {
         if let Some(certs) = &opts.certs {
             cmd.arg("--certs").arg(certs);
         }
+        cmd.args(["--concurrency", &opts.concurrency.to_string()]);
         cmd.args(&opts.extra_args);
         // Only what the test says: no EGRESSD_* leaking in from the environment.
         for (key, _) in std::env::vars_os() {
