@@ -31,7 +31,7 @@ use support::dns::TestDns;
 use support::egressd::{Egressd, EgressdOptions};
 use support::origin::{pattern, Origin, HELLO};
 use support::raw::RawOrigin;
-use support::tools::{curl_async, stderr, stdout};
+use support::tools::{curl_async, curl_status, stderr, stdout};
 
 /// The external host: HTTP on port 80 (a hyper origin) and TLS passthrough on 443 (a raw origin).
 const HOST: &str = "bad.example.com";
@@ -633,18 +633,10 @@ async fn ten_thousand_half_open_connections_do_not_block_a_new_request() {
 
     // A new connection is served at once, beside the 10,000 that say nothing.
     let started = Instant::now();
-    let out = curl_async(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "2",
-        "-H",
-        &format!("host: {HOST}"),
+    let out = curl_status(
         &g.url("/bytes/100"),
-    ])
+        &["--max-time", "2", "-H", &format!("host: {HOST}")],
+    )
     .await;
     let took = started.elapsed();
     assert_eq!(
@@ -760,19 +752,7 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     let host = format!("host: {HOST}");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let out = curl_async(&[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "1",
-            "-H",
-            &host,
-            &url,
-        ])
-        .await;
+        let out = curl_status(&url, &["--max-time", "1", "-H", &host]).await;
         if stdout(&out) == "200" {
             break;
         }
@@ -796,17 +776,7 @@ async fn upstream_that_never_answers_gets_504_ut_or_is_cancelled_with_the_client
 
     // A route timeout of 1 s: 504 UT.
     let started = Instant::now();
-    let out = curl_async(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        &host,
-        &g.url("/hang?timed"),
-    ])
-    .await;
+    let out = curl_status(&g.url("/hang?timed"), &["-H", &host]).await;
     let took = started.elapsed();
     assert_eq!(stdout(&out), "504", "{}", stderr(&out));
     assert!(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::dns::TestDns;
 use support::egressd::{Egressd, EgressdOptions, LogFormat};
 use support::origin::Origin;
-use support::tools::{curl_async, stdout};
+use support::tools::{curl_async, curl_status, stdout};
 
 /// Istio resources for one external host, `host` → `port` (ServiceEntry resolved by DNS).
 fn config(host: &str, extra: &str) -> tempfile::TempDir {
@@ -316,19 +316,7 @@ async fn dns_changes_are_followed_and_failures_keep_the_last_answer() {
     let dir = config("moving.example.com", "");
     let e = start(dir.path(), &dns, LogFormat::Text).await;
     let url = gateway_url(&e, "/");
-    let get = || async {
-        curl_async(&[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "Host: moving.example.com",
-            &url,
-        ])
-        .await
-    };
+    let get = || async { curl_status(&url, &["-H", "Host: moving.example.com"]).await };
     assert_eq!(stdout(&get().await), "200");
     assert_eq!(first.requests().len(), 1);
 
@@ -441,19 +429,7 @@ async fn connection_pool_limits_queue_then_overflow_with_uo() {
         tasks.push(tokio::spawn(async move {
             // Staggered so that the first holds the connection and the second is pending.
             tokio::time::sleep(Duration::from_millis(100 * i)).await;
-            stdout(
-                &curl_async(&[
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "-H",
-                    "Host: cb.example.com",
-                    &url,
-                ])
-                .await,
-            )
+            stdout(&curl_status(&url, &["-H", "Host: cb.example.com"]).await)
         }));
     }
     let mut codes = Vec::new();

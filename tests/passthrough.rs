@@ -26,7 +26,7 @@ use support::dns::TestDns;
 use support::egressd::{Egressd, EgressdOptions};
 use support::origin::{pattern, pattern_chunk, PATTERN_CHUNK};
 use support::raw::{pattern_sink_result, RawOrigin, Sha256, SinkOrigin, SinkResult, POLITICS_SIZE};
-use support::tools::{curl_async, openssl_async, stderr, stdout};
+use support::tools::{curl_async, curl_status, openssl_async, stderr, stdout};
 
 /// The seed's YAML verbatim: edition.cnn.com:443 TLS, Gateway 443 PASSTHROUGH, VS `tls` route.
 const SEED: &str = "tests/fixtures/seed/https-passthrough";
@@ -492,18 +492,10 @@ async fn refusals_close_log_nr_and_never_reach_the_origin() {
 
     // The same listener still passes a good hello through.
     let connect_to = format!("{HOST}:443:127.0.0.1:{port}");
-    let out = curl_async(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--connect-to",
-        &connect_to,
-        "--cacert",
-        &ca_file,
+    let out = curl_status(
         "https://edition.cnn.com/politics",
-    ])
+        &["--connect-to", &connect_to, "--cacert", &ca_file],
+    )
     .await;
     assert_eq!(stdout(&out), "200", "{}", stderr(&out));
     assert_eq!(origin.connections(), 1);

@@ -138,19 +138,7 @@ async fn broken_configs_never_replace_a_good_one() {
     let e = start(&dir, &dns, None).await;
     let get = || {
         let url = format!("http://{}/", e.gateway_addr(80));
-        async move {
-            support::tools::curl_async(&[
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-H",
-                &format!("Host: {HOST}"),
-                &url,
-            ])
-            .await
-        }
+        async move { support::tools::curl_status(&url, &["-H", &format!("Host: {HOST}")]).await }
     };
     let good = istio_yaml("good");
     let broken_cases = [
@@ -197,17 +185,7 @@ async fn sigterm_drains_without_losing_accepted_requests() {
     for _ in 0..8 {
         let url = url.clone();
         inflight.push(tokio::spawn(async move {
-            support::tools::curl_async(&[
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-H",
-                &format!("Host: {HOST}"),
-                &url,
-            ])
-            .await
+            support::tools::curl_status(&url, &["-H", &format!("Host: {HOST}")]).await
         }));
     }
     e.wait_for_stat(

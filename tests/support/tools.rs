@@ -114,6 +114,15 @@ pub async fn curl_async(args: &[&str]) -> Output {
     .expect("curl thread")
 }
 
+/// `curl -s -o /dev/null -w %{http_code} <extra> <url>` on a blocking thread: stdout is the
+/// status code (`000` when no response came).
+pub async fn curl_status(url: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    curl_async(&args).await
+}
+
 /// [`openssl`] on a blocking thread, for async tests.
 pub async fn openssl_async(args: &[&str], stdin: &[u8]) -> Output {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
