@@ -1142,6 +1142,40 @@ async fn idle_keep_alive_connections_hold_no_buffers() {
     g.finish().await;
 }
 
+/// Issue 6: an idle TLS passthrough tunnel (one request done through it) costs the gateway a
+/// few KiB: its task waits on two sockets and holds no pipe and no buffer (an earlier egressd
+/// laid the TLS-termination state out in every tunnel: 10.2 KiB in the release build).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_passthrough_tunnels_hold_no_buffers() {
+    raise_fd_limit();
+    let g = Gateway::start(Ipv4Addr::new(127, 0, 0, 183), None, None).await;
+    let n = 1_000usize;
+    let mut tunnels = Vec::with_capacity(n);
+    for i in 0..n {
+        if i == 50 {
+            // Warm up first: the allocator's arenas and the pipe pool have grown.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut t = open_tunnel(&g.e, &g.ca).await.expect("tunnel");
+        assert_eq!(exchange(&mut t, &get_request("/bytes/8")).await.status, 200);
+        tunnels.push((t, if i == 49 { Some(rss_kib(g.e.pid())) } else { None }));
+    }
+    let before = tunnels[49].1.expect("RSS after the warm-up");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per_tunnel = (rss_kib(g.e.pid()).saturating_sub(before)) as f64 / (n - 50) as f64;
+    eprintln!("RSS per idle passthrough tunnel: {per_tunnel:.2} KiB");
+    assert!(per_tunnel < IDLE_TUNNEL_MAX_KIB, "{per_tunnel:.2} KiB per idle tunnel");
+    for (t, _) in tunnels.iter_mut().step_by(97) {
+        assert_eq!(exchange(t, &get_request("/bytes/4")).await.status, 200);
+    }
+    drop(tunnels);
+    g.finish().await;
+}
+
+/// The bound of `idle_passthrough_tunnels_hold_no_buffers` (debug build, where futures are
+/// larger than in release).
+const IDLE_TUNNEL_MAX_KIB: f64 = 8.0;
+
 /// Bodies through the HTTP/1.1 codec: none for HEAD, 204 and 304 (the connection carries on, so
 /// no stray byte was sent), a chunked response re-framed for the client, and large uploads with
 /// a length and chunked, streamed through.

@@ -408,3 +408,47 @@ fn rotated_certificate_serves_new_handshakes_while_open_connections_keep_working
     });
     assert_eq!(origin.requests().len(), 3);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Issue 6: an idle ISTIO_MUTUAL connection (one request done) costs the gateway about what
+/// rustls keeps per session, not the handshake's state or a copy of every listener kind's
+/// (an earlier egressd measured 55 KiB in the release build).
+#[test]
+fn idle_istio_mutual_connections_keep_only_the_session() {
+    let mesh = Mesh::new();
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), None);
+    http_scenario(&mesh, &origin, "");
+    let egressd = mesh.start(LogFormat::Text);
+    let addr = egressd.gateway_addr(80);
+    let n = 600usize;
+    runtime().block_on(async {
+        let mut senders = Vec::with_capacity(n);
+        let mut before = 0;
+        for i in 0..n {
+            if i == 50 {
+                // After a warm-up: the allocator's arenas and the upstream pool have grown.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                before = rss_kib(egressd.pid());
+            }
+            let tls = mesh.connect(addr, Some(&mesh.sleep), ISTIO_HTTP11).await.unwrap();
+            let mut sender = http1_over(tls).await;
+            assert_eq!(get1(&mut sender, "/politics").await, StatusCode::MOVED_PERMANENTLY);
+            senders.push(sender);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let per_conn = rss_kib(egressd.pid()).saturating_sub(before) as f64 / (n - 50) as f64;
+        eprintln!("RSS per idle ISTIO_MUTUAL connection: {per_conn:.2} KiB");
+        assert!(per_conn < IDLE_MTLS_MAX_KIB, "{per_conn:.2} KiB per idle connection");
+        for sender in senders.iter_mut().step_by(97) {
+            assert_eq!(get1(sender, "/politics").await, StatusCode::MOVED_PERMANENTLY);
+        }
+    });
+}
+
+/// The bound of `idle_istio_mutual_connections_keep_only_the_session` (debug build).
+const IDLE_MTLS_MAX_KIB: f64 = 20.0;

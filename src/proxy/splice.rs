@@ -123,7 +123,17 @@ fn discard(pipe: Pipe) {
 async fn one_way(from: &TcpStream, to: &TcpStream, count: &std::sync::atomic::AtomicU64) -> io::Result<()> {
     loop {
         from.readable().await?;
-        let pipe = take_pipe()?;
+        let pipe = match take_pipe() {
+            Ok(pipe) => pipe,
+            // Out of descriptors (EMFILE) and no pooled pipe: copy this burst through user
+            // space rather than drop a tunnel that was working.
+            Err(_) => {
+                if copy_burst(from, to, count).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
         // Move bytes while they are there; when the socket runs dry, give the pipe back and
         // wait again.
         loop {
@@ -165,6 +175,32 @@ async fn one_way(from: &TcpStream, to: &TcpStream, count: &std::sync::atomic::At
             count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
         give_back(pipe);
+    }
+}
+
+/// Copies what `from` has now to `to` through a buffer; true when `from` has ended (the
+/// half-close is passed on).
+async fn copy_burst(from: &TcpStream, to: &TcpStream, count: &std::sync::atomic::AtomicU64) -> io::Result<bool> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.try_read(&mut buf) {
+            Ok(0) => {
+                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                return Ok(true);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mut written = 0;
+        while written < n {
+            match to.try_write(&buf[written..n]) {
+                Ok(m) => written += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -220,5 +256,41 @@ mod tests {
         assert!(origin.await.unwrap() == payload, "bytes lost or reordered");
         drop(client);
         assert_eq!(proxy.await.unwrap(), (2_000 + 1_000_000, 4_000 + 300_000));
+    }
+
+    /// The fallback when no pipe can be had (out of descriptors): bytes copied in order, the
+    /// count kept, the sender's half-close passed on.
+    #[tokio::test]
+    async fn copy_burst_moves_bytes_and_the_half_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut sender = TcpStream::connect(addr).await.unwrap();
+        let (from, _) = listener.accept().await.unwrap();
+        let to = TcpStream::connect(addr).await.unwrap();
+        let (mut receiver, _) = listener.accept().await.unwrap();
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let writer = {
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                sender.write_all(&payload).await.unwrap();
+                sender.shutdown().await.unwrap();
+                sender
+            })
+        };
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            receiver.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let count = std::sync::atomic::AtomicU64::new(0);
+        loop {
+            from.readable().await.unwrap();
+            if copy_burst(&from, &to, &count).await.unwrap() {
+                break;
+            }
+        }
+        let _sender = writer.await.unwrap();
+        assert!(reader.await.unwrap() == payload, "bytes lost or reordered");
+        assert_eq!(count.into_inner(), 300_000);
     }
 }
