@@ -39,6 +39,15 @@ async fn start(dir: &Path, dns: &TestDns, bootstrap: Option<&str>) -> Egressd {
     Egressd::start_async(opts).await
 }
 
+/// Replaces `file` at once (a hidden temporary file renamed over it, as kubelet swaps a
+/// ConfigMap): a plain write truncates first, and a reload that caught the empty file in between
+/// would load an empty, valid config.
+fn write_whole(file: &Path, text: &str) {
+    let tmp = file.with_file_name(".write-whole.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
 /// Waits until `server.config_reload` (or `_failed`) reaches `n`.
 async fn wait_stat(e: &Egressd, name: &str, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -147,7 +156,7 @@ async fn broken_configs_never_replace_a_good_one() {
         ("yaml syntax", format!("{good}\n  - [unclosed\n")),
     ];
     for (n, (what, text)) in broken_cases.iter().enumerate() {
-        std::fs::write(&file, text).unwrap();
+        write_whole(&file, text);
         wait_stat(&e, "server.config_reload_failed", n as u64 + 1).await;
         assert_eq!(
             support::tools::stdout(&get().await),
@@ -163,7 +172,7 @@ async fn broken_configs_never_replace_a_good_one() {
     wait_stat(&e, "server.config_reload", 1).await;
     // Deleting the only file is a valid (empty) config: nothing is routed any more, and the
     // listeners that disappeared stop accepting.
-    std::fs::write(&file, istio_yaml("back")).unwrap();
+    write_whole(&file, &istio_yaml("back"));
     wait_stat(&e, "server.config_reload", 2).await;
     assert_eq!(support::tools::stdout(&get().await), "200");
     assert!(e.get("/ready").status == 200);
