@@ -1101,12 +1101,6 @@ async fn http1_pipelining_expect_continue_http10_and_chunked_bodies() {
     g.finish().await;
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Issue 6: an idle keep-alive connection (one request done, nothing in flight) costs the
 /// gateway a few KiB, not the 16+ KiB of buffers hyper keeps per connection (an earlier egressd
 /// measured ~47 KiB here). Measured on the debug build the tests run, where futures are larger.
@@ -1123,7 +1117,7 @@ async fn idle_keep_alive_connections_hold_no_buffers() {
         conns.push(s);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = rss_kib(g.e.pid());
+    let before = g.e.rss_kib();
     for _ in 50..n {
         let mut s = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
         let reply = exchange(&mut s, &get_request("/bytes/8")).await;
@@ -1131,7 +1125,7 @@ async fn idle_keep_alive_connections_hold_no_buffers() {
         conns.push(s);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let per_conn = (rss_kib(g.e.pid()).saturating_sub(before)) as f64 / (n - 50) as f64;
+    let per_conn = (g.e.rss_kib().saturating_sub(before)) as f64 / (n - 50) as f64;
     eprintln!("RSS per idle keep-alive connection: {per_conn:.2} KiB");
     assert!(per_conn < 12.0, "{per_conn:.2} KiB per idle connection");
     // They are all still usable.
@@ -1158,11 +1152,11 @@ async fn idle_passthrough_tunnels_hold_no_buffers() {
         }
         let mut t = open_tunnel(&g.e, &g.ca).await.expect("tunnel");
         assert_eq!(exchange(&mut t, &get_request("/bytes/8")).await.status, 200);
-        tunnels.push((t, if i == 49 { Some(rss_kib(g.e.pid())) } else { None }));
+        tunnels.push((t, if i == 49 { Some(g.e.rss_kib()) } else { None }));
     }
     let before = tunnels[49].1.expect("RSS after the warm-up");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let per_tunnel = (rss_kib(g.e.pid()).saturating_sub(before)) as f64 / (n - 50) as f64;
+    let per_tunnel = (g.e.rss_kib().saturating_sub(before)) as f64 / (n - 50) as f64;
     eprintln!("RSS per idle passthrough tunnel: {per_tunnel:.2} KiB");
     assert!(per_tunnel < IDLE_TUNNEL_MAX_KIB, "{per_tunnel:.2} KiB per idle tunnel");
     for (t, _) in tunnels.iter_mut().step_by(97) {

@@ -409,12 +409,6 @@ fn rotated_certificate_serves_new_handshakes_while_open_connections_keep_working
     assert_eq!(origin.requests().len(), 3);
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Issue 6: an idle ISTIO_MUTUAL connection (one request done) costs the gateway about what
 /// rustls keeps per session, not the handshake's state or a copy of every listener kind's
 /// (an earlier egressd measured 55 KiB in the release build).
@@ -433,7 +427,7 @@ fn idle_istio_mutual_connections_keep_only_the_session() {
             if i == 50 {
                 // After a warm-up: the allocator's arenas and the upstream pool have grown.
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                before = rss_kib(egressd.pid());
+                before = egressd.rss_kib();
             }
             let tls = mesh.connect(addr, Some(&mesh.sleep), ISTIO_HTTP11).await.unwrap();
             let mut sender = http1_over(tls).await;
@@ -441,7 +435,7 @@ fn idle_istio_mutual_connections_keep_only_the_session() {
             senders.push(sender);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let per_conn = rss_kib(egressd.pid()).saturating_sub(before) as f64 / (n - 50) as f64;
+        let per_conn = egressd.rss_kib().saturating_sub(before) as f64 / (n - 50) as f64;
         eprintln!("RSS per idle ISTIO_MUTUAL connection: {per_conn:.2} KiB");
         assert!(per_conn < IDLE_MTLS_MAX_KIB, "{per_conn:.2} KiB per idle connection");
         for sender in senders.iter_mut().step_by(97) {

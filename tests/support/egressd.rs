@@ -419,6 +419,16 @@ impl Egressd {
         fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
 
+    /// The process's resident memory (`VmRSS` of `/proc/PID/status`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("egressd's /proc status");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS line");
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in KiB")
+    }
+
     /// Open file descriptors of the process (entries of `/proc/PID/fd`).
     pub fn open_fds(&self) -> usize {
         fs::read_dir(format!("/proc/{}/fd", self.pid))
