@@ -38,23 +38,22 @@ pub async fn run(state: Arc<AppState>, listeners: Arc<Listeners>, loaded_hash: u
         // Debounce: let the burst finish, then look once.
         tokio::time::sleep(DEBOUNCE).await;
         while rx.try_recv().is_ok() {}
-        // Reading and compiling run on the blocking pool: this thread also serves the admin
-        // API and health probes, which must answer while 10,000 resources compile.
-        let paths = state.config_paths.clone();
-        let hash = tokio::task::spawn_blocking(move || content_hash(&paths))
-            .await
-            .ok()
-            .flatten();
-        let Some(hash) = hash else {
-            // Reading failed (e.g. out of file descriptors): not a config change; look again.
-            continue;
-        };
-        if hash == last_hash && !forced {
-            continue;
-        }
-        last_hash = hash;
+        // One trip to the blocking pool for the hash and, if it changed, the reload: this
+        // thread also serves the admin API and health probes, which must answer while 10,000
+        // resources compile.
         let (state, listeners) = (state.clone(), listeners.clone());
-        let _ = tokio::task::spawn_blocking(move || reload(&state, &listeners)).await;
+        let checked = tokio::task::spawn_blocking(move || {
+            // None when reading failed (e.g. out of file descriptors): not a config change.
+            let hash = content_hash(&state.config_paths)?;
+            if hash != last_hash || forced {
+                reload(&state, &listeners);
+            }
+            Some(hash)
+        })
+        .await;
+        if let Ok(Some(hash)) = checked {
+            last_hash = hash;
+        }
     }
 }
 

@@ -1108,24 +1108,14 @@ async fn http1_pipelining_expect_continue_http10_and_chunked_bodies() {
 async fn idle_keep_alive_connections_hold_no_buffers() {
     raise_fd_limit();
     let g = Gateway::start(Ipv4Addr::new(127, 0, 0, 181), None, None).await;
-    let n = 2_000usize;
-    let mut conns = Vec::with_capacity(n);
-    // Warm up: the first connections grow the allocator's arenas and the upstream pool.
-    for _ in 0..50 {
-        let mut s = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
-        exchange(&mut s, &get_request("/bytes/8")).await;
-        conns.push(s);
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = g.e.rss_kib();
-    for _ in 50..n {
-        let mut s = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
-        let reply = exchange(&mut s, &get_request("/bytes/8")).await;
-        assert_eq!(reply.status, 200);
-        conns.push(s);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let per_conn = (g.e.rss_kib().saturating_sub(before)) as f64 / (n - 50) as f64;
+    let e = &g.e;
+    let (mut conns, per_conn) = e
+        .rss_per_idle_connection(2_000, || async move {
+            let mut s = TcpStream::connect(e.gateway_addr(80)).await.unwrap();
+            assert_eq!(exchange(&mut s, &get_request("/bytes/8")).await.status, 200);
+            s
+        })
+        .await;
     eprintln!("RSS per idle keep-alive connection: {per_conn:.2} KiB");
     assert!(per_conn < 12.0, "{per_conn:.2} KiB per idle connection");
     // They are all still usable.
@@ -1143,23 +1133,17 @@ async fn idle_keep_alive_connections_hold_no_buffers() {
 async fn idle_passthrough_tunnels_hold_no_buffers() {
     raise_fd_limit();
     let g = Gateway::start(Ipv4Addr::new(127, 0, 0, 183), None, None).await;
-    let n = 1_000usize;
-    let mut tunnels = Vec::with_capacity(n);
-    for i in 0..n {
-        if i == 50 {
-            // Warm up first: the allocator's arenas and the pipe pool have grown.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let mut t = open_tunnel(&g.e, &g.ca).await.expect("tunnel");
-        assert_eq!(exchange(&mut t, &get_request("/bytes/8")).await.status, 200);
-        tunnels.push((t, if i == 49 { Some(g.e.rss_kib()) } else { None }));
-    }
-    let before = tunnels[49].1.expect("RSS after the warm-up");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let per_tunnel = (g.e.rss_kib().saturating_sub(before)) as f64 / (n - 50) as f64;
+    let (e, ca) = (&g.e, &g.ca);
+    let (mut tunnels, per_tunnel) = e
+        .rss_per_idle_connection(1_000, || async move {
+            let mut t = open_tunnel(e, ca).await.expect("tunnel");
+            assert_eq!(exchange(&mut t, &get_request("/bytes/8")).await.status, 200);
+            t
+        })
+        .await;
     eprintln!("RSS per idle passthrough tunnel: {per_tunnel:.2} KiB");
     assert!(per_tunnel < IDLE_TUNNEL_MAX_KIB, "{per_tunnel:.2} KiB per idle tunnel");
-    for (t, _) in tunnels.iter_mut().step_by(97) {
+    for t in tunnels.iter_mut().step_by(97) {
         assert_eq!(exchange(t, &get_request("/bytes/4")).await.status, 200);
     }
     drop(tunnels);

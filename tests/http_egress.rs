@@ -462,7 +462,6 @@ async fn connection_pool_limits_queue_then_overflow_with_uo() {
 /// stranded behind a connection another worker holds idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_the_port_and_each_keeps_its_own_pool() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dns = TestDns::start().await;
     dns.set_a("wk.example.com", &[Ipv4Addr::new(127, 0, 0, 110)], 30);
     let origin = Origin::start("127.0.0.110:80".parse().unwrap(), None);
@@ -481,33 +480,21 @@ async fn two_workers_share_the_port_and_each_keeps_its_own_pool() {
     const CONNECTIONS: usize = 16;
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
-        clients.push(
-            tokio::net::TcpStream::connect(("127.0.0.1", e.bound_port(80)))
-                .await
-                .unwrap(),
-        );
-    }
-    for client in &mut clients {
-        client
-            .write_all(b"GET /echo HTTP/1.1\r\nhost: wk.example.com\r\n\r\n")
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", e.bound_port(80)))
             .await
             .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(client.read_u8().await.unwrap());
-        }
-        let head = String::from_utf8_lossy(&head).to_string();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length: ")
-                    .map(|v| v.trim().parse().unwrap())
-            })
-            .expect("content-length");
-        let mut body = vec![0u8; length];
-        client.read_exact(&mut body).await.unwrap();
+        let (mut client, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::get("/echo")
+            .header("host", "wk.example.com")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = client.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
+        clients.push(client);
     }
     let listener = format!("listener.127.0.0.1_{}", e.bound_port(80));
     let per_worker: Vec<u64> = (0..2)

@@ -419,23 +419,16 @@ fn idle_istio_mutual_connections_keep_only_the_session() {
     http_scenario(&mesh, &origin, "");
     let egressd = mesh.start(LogFormat::Text);
     let addr = egressd.gateway_addr(80);
-    let n = 600usize;
+    let (egressd, mesh) = (&egressd, &mesh);
     runtime().block_on(async {
-        let mut senders = Vec::with_capacity(n);
-        let mut before = 0;
-        for i in 0..n {
-            if i == 50 {
-                // After a warm-up: the allocator's arenas and the upstream pool have grown.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                before = egressd.rss_kib();
-            }
-            let tls = mesh.connect(addr, Some(&mesh.sleep), ISTIO_HTTP11).await.unwrap();
-            let mut sender = http1_over(tls).await;
-            assert_eq!(get1(&mut sender, "/politics").await, StatusCode::MOVED_PERMANENTLY);
-            senders.push(sender);
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let per_conn = egressd.rss_kib().saturating_sub(before) as f64 / (n - 50) as f64;
+        let (mut senders, per_conn) = egressd
+            .rss_per_idle_connection(600, || async move {
+                let tls = mesh.connect(addr, Some(&mesh.sleep), ISTIO_HTTP11).await.unwrap();
+                let mut sender = http1_over(tls).await;
+                assert_eq!(get1(&mut sender, "/politics").await, StatusCode::MOVED_PERMANENTLY);
+                sender
+            })
+            .await;
         eprintln!("RSS per idle ISTIO_MUTUAL connection: {per_conn:.2} KiB");
         assert!(per_conn < IDLE_MTLS_MAX_KIB, "{per_conn:.2} KiB per idle connection");
         for sender in senders.iter_mut().step_by(97) {

@@ -90,7 +90,7 @@ async fn tunnels_and_h2_connections_survive_ten_reloads() {
     tokio::spawn(conn);
 
     for i in 1..=10u64 {
-        std::fs::write(dir.join("istio.yaml"), istio_yaml(&format!("route-{i}"))).unwrap();
+        write_whole(&dir.join("istio.yaml"), &istio_yaml(&format!("route-{i}")));
         wait_stat(&e, "server.config_reload", i).await;
         // The tunnel still carries a request and its 151654-byte answer.
         tunnel
@@ -266,7 +266,7 @@ async fn probes_answer_while_a_large_config_compiles() {
         ));
     }
     let started = Instant::now();
-    std::fs::write(config.join("big.yaml"), big).unwrap();
+    write_whole(&config.join("big.yaml"), &big);
     let mut slowest = Duration::ZERO;
     let mut probes = 0;
     while e.stat("server.config_reload").unwrap_or(0) < 1 {

@@ -230,7 +230,7 @@ pub struct ListenerStats {
     pub ssl_fail_verify_error: Counter,
     pub ssl_fail_verify_san: Counter,
     /// `worker_<N>.downstream_cx_total` and `worker_<N>.downstream_cx_active`, per worker.
-    pub per_worker: Box<[(Counter, Gauge)]>,
+    per_worker: Box<[(Counter, Gauge)]>,
 }
 
 impl ListenerStats {

@@ -419,6 +419,29 @@ impl Egressd {
         fs::read_to_string(&self.stdout_path).unwrap_or_default()
     }
 
+    /// Opens `n` connections with `open` and returns them with the growth of egressd's RSS
+    /// per connection (KiB): measured over those opened after the first 50 (which grow the
+    /// allocator's arenas and the pools), once all have been idle for 300 ms.
+    pub async fn rss_per_idle_connection<T, F: std::future::Future<Output = T>>(
+        &self,
+        n: usize,
+        mut open: impl FnMut() -> F,
+    ) -> (Vec<T>, f64) {
+        const WARM_UP: usize = 50;
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..WARM_UP {
+            conns.push(open().await);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = self.rss_kib();
+        for _ in WARM_UP..n {
+            conns.push(open().await);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let per_conn = self.rss_kib().saturating_sub(before) as f64 / (n - WARM_UP) as f64;
+        (conns, per_conn)
+    }
+
     /// The process's resident memory (`VmRSS` of `/proc/PID/status`), in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("egressd's /proc status");
