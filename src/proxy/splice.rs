@@ -121,6 +121,11 @@ async fn one_way(from: &TcpStream, to: &TcpStream, count: &std::sync::atomic::At
     pump(from, to, count, take_pipe).await
 }
 
+/// Buffer for small messages (handshake flights, requests, responses); a read that fills it
+/// means bulk, and the rest of the burst is spliced. A full TLS record (16 KiB of plaintext plus
+/// its header and tag) does not fit, so a bulk TLS stream stays on splice.
+const SMALL: usize = 16 * 1024;
+
 /// [`one_way`] with the pipe source given (tests make it fail).
 async fn pump(
     from: &TcpStream,
@@ -128,21 +133,31 @@ async fn pump(
     count: &std::sync::atomic::AtomicU64,
     take_pipe: impl Fn() -> io::Result<Pipe>,
 ) -> io::Result<()> {
+    // Whether the last burst was bulk: then the next one is spliced from its first byte.
+    let mut bulk = false;
     loop {
         from.readable().await?;
+        if !bulk {
+            // A small message costs one read and one write this way, against two splices and
+            // the read that finds the socket empty: a short read already shows it drained.
+            match copy_once(from, to, count).await? {
+                Burst::Drained => continue,
+                Burst::Ended => return Ok(()),
+                Burst::Full => {} // more is probably waiting: splice it
+            }
+        }
         let pipe = match take_pipe() {
             Ok(pipe) => pipe,
-            // Out of descriptors (EMFILE) and no pooled pipe: copy this burst through user
-            // space rather than drop a tunnel that was working.
+            // Out of descriptors (EMFILE) and no pooled pipe: copy through user space rather
+            // than drop a tunnel that was working.
             Err(_) => {
-                if copy_burst(from, to, count).await? {
-                    return Ok(());
-                }
+                bulk = false;
                 continue;
             }
         };
         // Move bytes while they are there; when the socket runs dry, give the pipe back and
         // wait again.
+        let mut moved = 0;
         loop {
             let n = match from.try_io(Interest::READABLE, || {
                 splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)
@@ -180,39 +195,85 @@ async fn pump(
                 }
             }
             count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            moved += n;
         }
         give_back(pipe);
+        bulk = moved >= SMALL;
     }
 }
 
-/// Copies what `from` has now to `to` through a buffer; true when `from` has ended (the
-/// half-close is passed on).
-async fn copy_burst(from: &TcpStream, to: &TcpStream, count: &std::sync::atomic::AtomicU64) -> io::Result<bool> {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => {
-                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
-                return Ok(true);
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        let mut written = 0;
-        while written < n {
-            match to.try_write(&buf[written..n]) {
-                Ok(m) => written += m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+/// What one buffered read found.
+#[derive(Debug, PartialEq)]
+enum Burst {
+    /// Less than the buffer, or nothing: the socket is empty for now.
+    Drained,
+    /// The sender finished; the half-close was passed on.
+    Ended,
+    /// The buffer filled: more is probably waiting.
+    Full,
+}
+
+/// Reads once from `from` (at most [`SMALL`] bytes) and writes the bytes to `to`, waiting for
+/// `to` to take them all.
+async fn copy_once(from: &TcpStream, to: &TcpStream, count: &std::sync::atomic::AtomicU64) -> io::Result<Burst> {
+    let (burst, n, left) = read_and_write(from, to)?;
+    if let Some(left) = left {
+        let mut done = 0;
+        while done < left.len() {
+            to.writable().await?;
+            match to.try_write(&left[done..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(m) => done += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
         }
-        count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
+    count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    if burst == Burst::Ended {
+        let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+    }
+    Ok(burst)
+}
+
+/// The synchronous part of [`copy_once`], so that its buffer lives on the thread's stack, not
+/// in every tunnel's future. Returns what the read found, the bytes read, and those `to` could
+/// not take yet.
+fn read_and_write(from: &TcpStream, to: &TcpStream) -> io::Result<(Burst, usize, Option<Vec<u8>>)> {
+    let mut buf = [0u8; SMALL];
+    let mut short = 0;
+    let read = from.try_io(Interest::READABLE, || {
+        let socket = socket2::SockRef::from(from);
+        let n = std::io::Read::read(&mut &*socket, &mut buf)?;
+        if 0 < n && n < SMALL {
+            // A short read shows the socket drained (as tokio's own `poll_read` assumes on
+            // epoll): answering WouldBlock makes tokio clear the readiness, so the next wait
+            // needs no read to find the socket empty. A FIN already seen stays ready.
+            short = n;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    let (burst, n) = match read {
+        Ok(0) => return Ok((Burst::Ended, 0, None)),
+        Ok(n) => (Burst::Full, n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => (Burst::Drained, short),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((Burst::Drained, 0, None)),
+        Err(e) => return Err(e),
+    };
+    let written = match to.try_write(&buf[..n]) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    let left = (written < n).then(|| buf[written..n].to_vec());
+    Ok((burst, n, left))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -263,6 +324,51 @@ mod tests {
         assert!(origin.await.unwrap() == payload, "bytes lost or reordered");
         drop(client);
         assert_eq!(proxy.await.unwrap(), (2_000 + 1_000_000, 4_000 + 300_000));
+    }
+
+    /// A small message is read once: the short read shows the socket drained, so its readiness
+    /// is cleared without the read that would find it empty; a FIN that came with the bytes is
+    /// still seen.
+    #[tokio::test]
+    async fn a_short_read_clears_readiness_and_keeps_the_fin() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut sender = TcpStream::connect(addr).await.unwrap();
+        let (from, _) = listener.accept().await.unwrap();
+        let to = TcpStream::connect(addr).await.unwrap();
+        let (mut receiver, _) = listener.accept().await.unwrap();
+        let count = std::sync::atomic::AtomicU64::new(0);
+
+        sender.write_all(&[1u8; 500]).await.unwrap();
+        from.readable().await.unwrap();
+        // The readiness is set until a read says otherwise; wait until the bytes are all there.
+        while socket2::SockRef::from(&from)
+            .peek(&mut [std::mem::MaybeUninit::uninit(); 600])
+            .unwrap()
+            < 500
+        {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(copy_once(&from, &to, &count).await.unwrap(), Burst::Drained);
+        let mut asked = false;
+        let again = from.try_io(Interest::READABLE, || {
+            asked = true;
+            Ok(())
+        });
+        assert!(!asked && again.is_err(), "the socket was read again to find it empty");
+        let mut got = [0u8; 500];
+        receiver.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [1u8; 500]);
+
+        // Bytes and the FIN together: the short read clears readable, not the end of stream.
+        sender.write_all(&[2u8; 300]).await.unwrap();
+        sender.shutdown().await.unwrap();
+        let piped = tokio::time::timeout(Duration::from_secs(5), pump(&from, &to, &count, take_pipe));
+        piped.await.expect("the FIN was missed").unwrap();
+        let mut rest = Vec::new();
+        receiver.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, vec![2u8; 300]);
+        assert_eq!(count.into_inner(), 800);
     }
 
     /// Out of descriptors, no pipe can be had: the bytes go through user space instead, in
