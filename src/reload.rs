@@ -15,8 +15,12 @@ use tokio::sync::mpsc;
 use crate::app::{load_and_compile, AppState};
 use crate::listener::Listeners;
 
-/// Events closer together than this are one change (editors and kubelet write in bursts).
+/// The files must be quiet this long before they are read: events closer together are one
+/// change (editors and kubelet write in bursts, `cp` truncates and then writes in pieces).
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// A writer that never pauses gets its files read this long after its first event anyway
+/// (and again once it stops).
+const SETTLE_MAX: Duration = Duration::from_secs(2);
 /// Fallback check when no file-system event arrives (network file systems, missed events).
 const POLL: Duration = Duration::from_secs(2);
 
@@ -35,9 +39,19 @@ pub async fn run(state: Arc<AppState>, listeners: Arc<Listeners>, loaded_hash: u
             _ = poll.tick() => false,
             Some(()) = async { match sighup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => true,
         };
-        // Debounce: let the burst finish, then look once.
-        tokio::time::sleep(DEBOUNCE).await;
-        while rx.try_recv().is_ok() {}
+        // Let the burst finish: a file written in place must not be read half-written (an
+        // empty file is a valid, empty config).
+        let first = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(DEBOUNCE).await;
+            let mut more = false;
+            while rx.try_recv().is_ok() {
+                more = true;
+            }
+            if !more || first.elapsed() >= SETTLE_MAX {
+                break;
+            }
+        }
         // One trip to the blocking pool for the hash and, if it changed, the reload: this
         // thread also serves the admin API and health probes, which must answer while 10,000
         // resources compile.

@@ -133,6 +133,45 @@ async fn tunnels_and_h2_connections_survive_ten_reloads() {
     assert!(lines[10].ends_with(" route-10"), "{}", lines[10]);
 }
 
+/// `cp` and editors that save in place truncate the file and write it in pieces: egressd waits
+/// until the files have been quiet for 200 ms, so it reads the whole file once, never a part
+/// (an empty or partial file can be a valid config that routes less).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_written_in_place_in_pieces_is_read_once_whole() {
+    let dns = TestDns::start().await;
+    let ip = Ipv4Addr::new(127, 0, 0, 143);
+    dns.set_a(HOST, &[ip], 300);
+    let _origin = Origin::start(SocketAddr::new(ip.into(), 80), None);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("istio.yaml");
+    std::fs::write(&file, istio_yaml("first")).unwrap();
+    let e = start(&dir, &dns, None).await;
+
+    // Five pieces 60 ms apart: 240 ms from the truncation to the last byte, each gap well
+    // under the quiet window.
+    let text = istio_yaml("second");
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&file)
+        .unwrap();
+    for piece in text.as_bytes().chunks(text.len().div_ceil(5)) {
+        std::io::Write::write_all(&mut out, piece).unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    drop(out);
+    wait_stat(&e, "server.config_reload", 1).await;
+    // Time for a second reload, had the first read caught a part.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(e.stat("server.config_reload"), Some(1), "{}", e.stderr());
+    assert_eq!(e.stat("server.config_reload_failed"), Some(0), "{}", e.stderr());
+    let url = format!("http://{}/", e.gateway_addr(80));
+    let status = support::tools::curl_status(&url, &["-H", &format!("Host: {HOST}")]).await;
+    assert_eq!(support::tools::stdout(&status), "200");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_configs_never_replace_a_good_one() {
     let dns = TestDns::start().await;
