@@ -35,6 +35,43 @@ struct Shard {
     shared: HashMap<PoolKey, SharedHttp2>,
     /// Open connections per key, idle or busy (the rule in `Pool::checkout`).
     live: HashMap<PoolKey, Arc<AtomicUsize>>,
+    /// A new key added to a map this large first prunes the shard ([`Shard::prune`]).
+    prune_at: usize,
+}
+
+/// The smallest map size at which a new key prunes the shard.
+const PRUNE_AT: usize = 64;
+
+impl Shard {
+    /// This worker's connection count for `key`, added when new.
+    fn live(&mut self, key: &PoolKey) -> Arc<AtomicUsize> {
+        if !self.live.contains_key(key) {
+            self.make_room(self.live.len());
+        }
+        self.live.entry(key.clone()).or_default().clone()
+    }
+
+    fn make_room(&mut self, len: usize) {
+        if len >= self.prune_at.max(PRUNE_AT) {
+            self.prune();
+            // Amortized: what is still in use is not scanned again until the maps double.
+            self.prune_at = 2 * self.live.len().max(self.idle.len()).max(self.shared.len());
+        }
+    }
+
+    /// Forgets endpoints this worker has no open connection to any more (DNS moved on, or an
+    /// SNI is no longer asked for), so the maps follow the endpoints in use, not every endpoint
+    /// ever used.
+    fn prune(&mut self) {
+        self.idle.retain(|_, list| {
+            list.retain(|c| !c.0.is_closed());
+            !list.is_empty()
+        });
+        self.shared.retain(|_, (send, _)| !send.is_closed());
+        // A count is held by each open connection's slot as well as by the map.
+        self.live
+            .retain(|_, n| Arc::strong_count(n) > 1 || n.load(Ordering::Acquire) > 0);
+    }
 }
 
 /// Idle HTTP/1.1 connections kept per endpoint (beyond that they are closed).
@@ -98,7 +135,7 @@ impl Pool {
 
     /// How many connections to `key` this worker has open (the rule in `checkout`).
     fn live_here(&self, key: &PoolKey) -> Arc<AtomicUsize> {
-        self.mine().live.entry(key.clone()).or_default().clone()
+        self.mine().live(key)
     }
 
     /// This worker's shard.
@@ -301,6 +338,10 @@ impl Pool {
             return;
         }
         let mut shard = self.mine();
+        if !shard.idle.contains_key(&key) {
+            let len = shard.idle.len();
+            shard.make_room(len);
+        }
         let list = shard.idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push((send, uses, local));
@@ -323,5 +364,39 @@ struct PendingGuard<'a>(&'a std::sync::atomic::AtomicU64);
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u16) -> PoolKey {
+        (SocketAddr::from(([127, 0, 0, 1], i)), None)
+    }
+
+    /// Endpoints left behind (DNS answered other addresses) are forgotten once the map has grown;
+    /// those with an open connection stay.
+    #[test]
+    fn endpoints_without_connections_are_forgotten() {
+        let mut shard = Shard::default();
+        let held = shard.live(&key(1));
+        held.fetch_add(1, Ordering::AcqRel);
+        for i in 2..=PRUNE_AT as u16 {
+            drop(shard.live(&key(i)));
+        }
+        assert_eq!(shard.live.len(), PRUNE_AT);
+        let _new = shard.live(&key(1000));
+        let mut kept: Vec<u16> = shard.live.keys().map(|k| k.0.port()).collect();
+        kept.sort();
+        assert_eq!(kept, [1, 1000]);
+        // The same key again is found, not re-added, and prunes nothing.
+        assert!(Arc::ptr_eq(&shard.live(&key(1)), &held));
+        assert_eq!(held.load(Ordering::Acquire), 1);
+        // Still in use after the prune: no scan until the maps have doubled.
+        for i in 2..PRUNE_AT as u16 {
+            drop(shard.live(&key(i)));
+        }
+        assert_eq!(shard.live.len(), PRUNE_AT);
     }
 }
