@@ -133,6 +133,38 @@ async fn tunnels_and_h2_connections_survive_ten_reloads() {
     assert!(lines[10].ends_with(" route-10"), "{}", lines[10]);
 }
 
+/// egressd's own reads of the config (its 2 s content check) are not changes: the file is read
+/// about once per check, not again after every read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_the_config_does_not_schedule_another_read() {
+    use notify::event::{AccessKind, EventKind};
+    use notify::Watcher;
+    let dns = TestDns::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("istio.yaml"), istio_yaml("quiet")).unwrap();
+    let e = start(&dir, &dns, None).await;
+    let opens = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = opens.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let of_the_file = event.paths.iter().any(|p| p.ends_with("istio.yaml"));
+            if of_the_file && matches!(event.kind, EventKind::Access(AccessKind::Open(_))) {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    })
+    .unwrap();
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let opens = opens.load(std::sync::atomic::Ordering::Relaxed);
+    // One check every 2 s: at most 2 in 3 s (and the start's, if late). Reads that
+    // scheduled reads came every ~200 ms: 10 or more.
+    assert!(opens <= 3, "the config was opened {opens} times in 3 s");
+    assert_eq!(e.stat("server.config_reload"), Some(0));
+}
+
 /// `cp` and editors that save in place truncate the file and write it in pieces: egressd waits
 /// until the files have been quiet for 200 ms, so it reads the whole file once, never a part
 /// (an empty or partial file can be a valid config that routes less).
