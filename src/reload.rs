@@ -117,10 +117,10 @@ fn watch_paths(paths: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<notif
     Some(watcher)
 }
 
-/// Whether a file-system event can mean new content. Opening, reading and closing a file
-/// unwritten are not changes, and must not count: the check itself reads the files, and each
-/// read would schedule the next one, the config read again every 200 ms for ever.
-fn is_change(kind: &notify::EventKind) -> bool {
+/// Whether a file-system event can mean new content (config files here, certificates in
+/// `tls::certs`). Opening, reading and closing a file unwritten are not changes, and must not
+/// count: the check itself reads the files, and each read would schedule the next one.
+pub(crate) fn is_change(kind: &notify::EventKind) -> bool {
     use notify::event::{AccessKind, AccessMode, EventKind};
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,

@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::{RecursiveMode, Watcher};
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
@@ -359,7 +358,7 @@ impl ServerCerts {
             let changes = self.changes.clone();
             let handler = move |event: notify::Result<notify::Event>| {
                 if let Ok(event) = event {
-                    if is_change(&event.kind) {
+                    if crate::reload::is_change(&event.kind) {
                         changes.fetch_add(1, Ordering::Release);
                     }
                 }
@@ -415,15 +414,6 @@ fn config_key(tls: &ServerTls, alpn: Option<&'static [u8]>) -> Result<(SourceFil
             alpn,
         },
     ))
-}
-
-/// Every event but our own reads (opening or closing a file without writing).
-fn is_change(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        _ => true,
-    }
 }
 
 /// Reads and checks a source's files; `None` when they hold exactly what `current` was built from.
