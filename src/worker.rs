@@ -27,6 +27,20 @@ pub fn count() -> usize {
     COUNT.load(Ordering::Relaxed)
 }
 
+/// A timer always due within a second, which is what a worker's event loop runs. tokio wakes
+/// its own driver (a write to the worker's eventfd, and one more `epoll_wait`) whenever a new
+/// timer is due before every other one; with this one pending, a connection's timeouts (seconds
+/// away) never are, and setting them costs no system call. Measured: one `write(2)` and one
+/// `epoll_wait(2)` less per new connection (of about 40 syscalls); at rest, one wake-up a
+/// second per worker.
+async fn heartbeat() {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The running workers' runtimes. They run until the process exits.
 pub struct Workers {
     handles: Vec<Handle>,
@@ -50,7 +64,7 @@ impl Workers {
                     match runtime {
                         Ok(runtime) => {
                             let _ = tx.send(Ok(runtime.handle().clone()));
-                            runtime.block_on(std::future::pending::<()>());
+                            runtime.block_on(heartbeat());
                         }
                         Err(e) => {
                             let _ = tx.send(Err(e));
@@ -98,5 +112,35 @@ mod tests {
         let threads: std::collections::HashSet<_> = seen.iter().map(|s| s.1).collect();
         assert_eq!(threads.len(), 3);
         assert_eq!(index(), 0, "the test thread is not a worker");
+    }
+
+    /// `write(2)` calls made by the calling thread so far.
+    fn writes_by_this_thread() -> u64 {
+        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+        let line = io.lines().find(|l| l.starts_with("syscw:")).unwrap();
+        line["syscw:".len()..].trim().parse().unwrap()
+    }
+
+    /// A connection's timeout set on a worker costs no system call: with the heartbeat due
+    /// first, tokio does not wake its own driver (a write to the worker's eventfd).
+    #[test]
+    fn setting_a_timeout_on_a_worker_writes_nothing() {
+        let workers = Workers::start(1).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        workers.handles()[0].spawn(async move {
+            // A timer that fires first, so that the worker has parked and woken with what
+            // remains in its timer wheel.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let before = writes_by_this_thread();
+            let timeout = tokio::time::timeout(std::time::Duration::from_secs(30), std::future::pending::<()>());
+            let mut timeout = std::pin::pin!(timeout);
+            std::future::poll_fn(|cx| {
+                assert!(std::future::Future::poll(timeout.as_mut(), cx).is_pending());
+                std::task::Poll::Ready(())
+            })
+            .await;
+            let _ = tx.send(writes_by_this_thread() - before);
+        });
+        assert_eq!(rx.recv().unwrap(), 0, "the worker wrote to wake itself");
     }
 }
