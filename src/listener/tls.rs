@@ -14,17 +14,6 @@ use crate::proxy::tcp::{self, TcpSession};
 use crate::routing::snapshot::{ChainKind, ListenerKind, Snapshot, TcpProxy, WeightedCluster};
 use crate::tls::sni::read_client_hello;
 
-/// tokio marks an accepted socket readable before the kernel has said so, so that the first
-/// read is tried at once; a TLS client sends its ClientHello only after the TCP handshake, so
-/// that read usually finds nothing (measured: one failed `recvfrom` per new connection). Dropping
-/// the assumption costs no system call, and loses nothing: bytes that are already there were
-/// reported by epoll when the socket was registered.
-fn forget_assumed_readiness(stream: &TcpStream) {
-    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-    });
-}
-
 /// Routes one connection by its ClientHello: passthrough and auto-passthrough chains are
 /// proxied here; for a chain that terminates TLS, returns the chain and the session for
 /// `mtls::serve`.
@@ -41,7 +30,6 @@ pub async fn serve(
         return None;
     };
     let limits = &ctx.bootstrap.limits;
-    forget_assumed_readiness(&stream);
     // Boxed: the read's state is transient and should not stay in the tunnel's task.
     let hello = Box::pin(tokio::time::timeout(
         ctx.bootstrap.timeouts.client_hello,
@@ -132,38 +120,6 @@ fn refuse(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-
-    /// An accepted socket is not read before the kernel reports bytes, and bytes that came
-    /// before the accept are still reported.
-    #[tokio::test]
-    async fn accepted_sockets_are_read_when_bytes_are_there() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let _silent = TcpStream::connect(addr).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        super::forget_assumed_readiness(&accepted);
-        let mut read = false;
-        let _ = accepted.try_io(tokio::io::Interest::READABLE, || {
-            read = true;
-            Ok(())
-        });
-        assert!(!read, "a socket nothing was reported on was read");
-
-        let mut early = TcpStream::connect(addr).await.unwrap();
-        early.write_all(b"hello").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let (mut accepted, _) = listener.accept().await.unwrap();
-        super::forget_assumed_readiness(&accepted);
-        let mut got = [0u8; 5];
-        let read = tokio::time::timeout(Duration::from_secs(2), accepted.read_exact(&mut got)).await;
-        assert!(read.is_ok(), "bytes sent before the accept were not reported");
-        assert_eq!(&got, b"hello");
-    }
-
     #[test]
     fn auto_passthrough_names() {
         assert_eq!(
