@@ -326,17 +326,23 @@ mod tests {
         assert_eq!(proxy.await.unwrap(), (2_000 + 1_000_000, 4_000 + 300_000));
     }
 
+    /// Two loopback connections: `sender` → `from`, and `to` → `receiver`, for a pump between.
+    async fn two_connections() -> (TcpStream, TcpStream, TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sender = TcpStream::connect(addr).await.unwrap();
+        let (from, _) = listener.accept().await.unwrap();
+        let to = TcpStream::connect(addr).await.unwrap();
+        let (receiver, _) = listener.accept().await.unwrap();
+        (sender, from, to, receiver)
+    }
+
     /// A small message is read once: the short read shows the socket drained, so its readiness
     /// is cleared without the read that would find it empty; a FIN that came with the bytes is
     /// still seen.
     #[tokio::test]
     async fn a_short_read_clears_readiness_and_keeps_the_fin() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut sender = TcpStream::connect(addr).await.unwrap();
-        let (from, _) = listener.accept().await.unwrap();
-        let to = TcpStream::connect(addr).await.unwrap();
-        let (mut receiver, _) = listener.accept().await.unwrap();
+        let (mut sender, from, to, mut receiver) = two_connections().await;
         let count = std::sync::atomic::AtomicU64::new(0);
 
         sender.write_all(&[1u8; 500]).await.unwrap();
@@ -375,12 +381,7 @@ mod tests {
     /// order, counted, and the sender's half-close is passed on.
     #[tokio::test]
     async fn without_pipes_bytes_are_copied_instead() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut sender = TcpStream::connect(addr).await.unwrap();
-        let (from, _) = listener.accept().await.unwrap();
-        let to = TcpStream::connect(addr).await.unwrap();
-        let (mut receiver, _) = listener.accept().await.unwrap();
+        let (mut sender, from, to, mut receiver) = two_connections().await;
         let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
         let writer = {
             let payload = payload.clone();
