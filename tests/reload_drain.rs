@@ -25,6 +25,15 @@ fn istio_yaml(route_name: &str) -> String {
     )
 }
 
+/// `root/config/istio.yaml` with [`istio_yaml`]`(route_name)`: the directory and the file.
+fn config_dir(root: &Path, route_name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = root.join("config");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("istio.yaml");
+    std::fs::write(&file, istio_yaml(route_name)).unwrap();
+    (dir, file)
+}
+
 async fn start(dir: &Path, dns: &TestDns, bootstrap: Option<&str>) -> Egressd {
     let mut opts = EgressdOptions::new(dir);
     opts.dns = Some(dns.addr());
@@ -141,9 +150,7 @@ async fn reading_the_config_does_not_schedule_another_read() {
     use notify::Watcher;
     let dns = TestDns::start().await;
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("config");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("istio.yaml"), istio_yaml("quiet")).unwrap();
+    let (dir, _) = config_dir(root.path(), "quiet");
     let e = start(&dir, &dns, None).await;
     let opens = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = opens.clone();
@@ -175,10 +182,7 @@ async fn a_config_written_in_place_in_pieces_is_read_once_whole() {
     dns.set_a(HOST, &[ip], 300);
     let _origin = Origin::start(SocketAddr::new(ip.into(), 80), None);
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("config");
-    std::fs::create_dir(&dir).unwrap();
-    let file = dir.join("istio.yaml");
-    std::fs::write(&file, istio_yaml("first")).unwrap();
+    let (dir, file) = config_dir(root.path(), "first");
     let e = start(&dir, &dns, None).await;
 
     // Five pieces 60 ms apart: 240 ms from the truncation to the last byte, each gap well
@@ -211,10 +215,7 @@ async fn broken_configs_never_replace_a_good_one() {
     dns.set_a(HOST, &[ip], 300);
     let _origin = Origin::start(SocketAddr::new(ip.into(), 80), None);
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("config");
-    std::fs::create_dir(&dir).unwrap();
-    let file = dir.join("istio.yaml");
-    std::fs::write(&file, istio_yaml("good")).unwrap();
+    let (dir, file) = config_dir(root.path(), "good");
     let e = start(&dir, &dns, None).await;
     let get = || {
         let url = format!("http://{}/", e.gateway_addr(80));
@@ -256,9 +257,7 @@ async fn sigterm_drains_without_losing_accepted_requests() {
     dns.set_a(HOST, &[ip], 300);
     let _origin = Origin::start(SocketAddr::new(ip.into(), 80), None);
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("config");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("istio.yaml"), istio_yaml("r")).unwrap();
+    let (dir, _) = config_dir(root.path(), "r");
     let mut e = start(&dir, &dns, Some("drainDuration: 3s\n")).await;
     let url = format!("http://{}/slow/800", e.gateway_addr(80));
     let mut inflight = Vec::new();
@@ -304,9 +303,7 @@ async fn sigterm_drains_without_losing_accepted_requests() {
 async fn exit_on_zero_active_connections() {
     let dns = TestDns::start().await;
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("config");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("istio.yaml"), istio_yaml("r")).unwrap();
+    let (dir, _) = config_dir(root.path(), "r");
     let mut opts = EgressdOptions::new(&dir);
     opts.dns = Some(dns.addr());
     opts.env = vec![("EXIT_ON_ZERO_ACTIVE_CONNECTIONS".into(), "true".into())];
