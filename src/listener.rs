@@ -198,6 +198,21 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>, mut stopp
     }
 }
 
+/// tokio marks an accepted socket readable before the kernel has said so, so that the first
+/// read is tried at once; a TLS client usually sends its ClientHello a little after the TCP
+/// handshake completes, so that read finds nothing (measured: one failed `recvfrom` per new
+/// passthrough connection). Dropping the assumption costs no system call and loses nothing, but
+/// only here: bytes already there when the socket was registered are reported by the next
+/// `epoll_wait` (edge-triggered registration reports the current state), and the worker's
+/// single-threaded driver cannot have turned since `accept` returned, because there was no
+/// `.await` in between. In the connection's task it would race with the driver: an event
+/// processed before the task ran would be erased (tried: lost ClientHellos).
+fn forget_assumed_readiness(stream: &TcpStream) {
+    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+    });
+}
+
 /// Spawns the connection's task, typed by listener kind: a task is as large as its future, so
 /// an idle HTTP connection does not carry room for a TLS or TCP session's state.
 fn spawn_connection(ctx: Arc<ListenerContext>, stream: TcpStream, remote: SocketAddr, guard: ConnectionGuard) {
@@ -216,6 +231,7 @@ fn spawn_connection(ctx: Arc<ListenerContext>, stream: TcpStream, remote: Socket
             });
         }
         ListenerKind::Tls(_) => {
+            forget_assumed_readiness(&stream);
             tokio::spawn(async move {
                 let terminate = tls::serve(ctx.clone(), snapshot.clone(), index, stream, remote).await;
                 if let Some((chain, session)) = terminate {
@@ -262,5 +278,53 @@ mod tests {
         let (accepted, _) = listener.accept().await.unwrap();
         assert!(accepted.nodelay().unwrap());
         drop(client);
+    }
+
+    /// Bytes are read once the kernel reports them, whether they came before the accept or
+    /// after it, and an accepted socket nothing was sent on is not read at all. Runs on a
+    /// single-threaded runtime, as a worker does, with the clear done right after `accept`.
+    #[tokio::test(flavor = "current_thread")]
+    async fn accepted_sockets_are_read_when_bytes_are_there() {
+        use std::time::Duration;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let read_within = |mut s: TcpStream| async move {
+            let mut got = [0u8; 5];
+            let read = tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut got)).await;
+            assert!(read.is_ok(), "bytes were sent but never reported");
+            assert_eq!(&got, b"hello");
+        };
+
+        // Nothing sent: the socket is not read.
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        super::forget_assumed_readiness(&accepted);
+        let mut read = false;
+        let _ = accepted.try_io(tokio::io::Interest::READABLE, || {
+            read = true;
+            Ok(())
+        });
+        assert!(!read, "a socket nothing was reported on was read");
+
+        // Sent before the accept.
+        let mut early = TcpStream::connect(addr).await.unwrap();
+        early.write_all(b"hello").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (accepted, _) = listener.accept().await.unwrap();
+        super::forget_assumed_readiness(&accepted);
+        read_within(accepted).await;
+
+        // Sent after the accept, before the driver turns (blocking sleep: no turn), then the
+        // connection's task runs only after the driver has seen the bytes.
+        let mut late = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        super::forget_assumed_readiness(&accepted);
+        late.write_all(b"hello").await.unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        read_within(accepted).await;
     }
 }
