@@ -3,5 +3,6 @@
 pub mod cluster;
 pub mod dns;
 pub mod endpoints;
+pub mod h1;
 pub mod pool;
 pub mod tls;

@@ -201,8 +201,9 @@ impl Gateway {
         let fds = self.e.open_fds();
         assert!(
             fds <= self.baseline_fds + FD_SLACK,
-            "{what}: egressd holds {fds} fds, {} at the start: leaked",
-            self.baseline_fds
+            "{what}: egressd holds {fds} fds, {} at the start: leaked ({})",
+            self.baseline_fds,
+            self.e.fd_kinds()
         );
     }
 

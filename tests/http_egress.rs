@@ -542,3 +542,117 @@ async fn two_workers_share_the_port_and_each_keeps_its_own_pool() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Issue 6: plaintext HTTP/1.1 upstreams are served by egressd's own client, which hands a
+/// `Content-Length` body to the client's socket with splice(2). Every framing the client meets
+/// (a large length-delimited body, chunked, HEAD, 204, a request body with a length and one
+/// chunked) arrives whole, on one client connection and one pooled upstream connection; the
+/// large body went through a pipe; stats and the access log count the spliced bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_upstreams_splice_bodies_and_keep_one_connection() {
+    use http_body_util::{BodyExt, Full};
+    use support::origin::pattern;
+
+    let dns = TestDns::start().await;
+    dns.set_a("own.example.com", &[Ipv4Addr::new(127, 0, 0, 111)], 30);
+    let origin = Origin::start("127.0.0.111:80".parse().unwrap(), None);
+    let dir = config("own.example.com", "");
+    // One worker: pools are per worker, and the reuse below must be certain.
+    let e = start_workers(dir.path(), &dns, LogFormat::Json, Some(1)).await;
+    let pipes = |e: &Egressd| e.fd_counts().get("pipe").copied().unwrap_or(0);
+    let pipes_before = pipes(&e);
+
+    let tcp = tokio::net::TcpStream::connect(e.gateway_addr(80)).await.unwrap();
+    let (mut client, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    type Body = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+    let request = |method: &str, path: &str, body: Body| {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "own.example.com")
+            .body(body)
+            .unwrap()
+    };
+    let empty = || Full::new(bytes::Bytes::new()).boxed();
+    const BIG: usize = 3_000_000;
+
+    let r = client
+        .send_request(request("GET", "/bytes/3000000", empty()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], BIG.to_string().as_str());
+    let got = r.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        got.len() == BIG && got[..] == pattern(0, BIG)[..],
+        "large body corrupted ({} bytes)",
+        got.len()
+    );
+
+    let r = client
+        .send_request(request("GET", "/chunked/100000", empty()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.into_body().collect().await.unwrap().to_bytes()[..],
+        pattern(0, 100_000)[..]
+    );
+
+    let r = client
+        .send_request(request("HEAD", "/bytes/77", empty()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.headers()["content-length"].to_str().unwrap()),
+        (200, "77")
+    );
+    assert!(r.into_body().collect().await.unwrap().to_bytes().is_empty());
+
+    let r = client
+        .send_request(request("GET", "/status/204", empty()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
+    let sized = Full::new(bytes::Bytes::from(vec![b'x'; 70_000])).boxed();
+    let r = client.send_request(request("POST", "/echo", sized)).await.unwrap();
+    let echo = String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(echo.contains("\"body_length\":70000"), "{echo}");
+
+    // A request body of unknown length goes out chunked.
+    let unsized_body = support::origin::OriginBody::pattern_unsized(5000)
+        .map_err(|e| -> std::convert::Infallible { panic!("{e}") })
+        .boxed();
+    let r = client
+        .send_request(request("POST", "/echo", unsized_body))
+        .await
+        .unwrap();
+    let echo = String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(echo.contains("\"body_length\":5000"), "{echo}");
+    assert!(echo.contains("\"transfer-encoding\":\"chunked\""), "{echo}");
+
+    assert_eq!(
+        origin.connections(),
+        1,
+        "one pooled upstream connection for every request"
+    );
+    // The pipe the large body went through is kept for the next one.
+    assert_eq!(
+        pipes(&e),
+        pipes_before + 2,
+        "no pipe was taken: the body was copied ({})",
+        e.fd_kinds()
+    );
+    let lines = e.wait_for_log_lines(6, Duration::from_secs(5));
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["bytes_sent"], BIG as u64, "{}", lines[0]);
+    assert_eq!(first["response_flags"], "-");
+    let rx = e
+        .stat("cluster.outbound|80||own.example.com.upstream_cx_rx_bytes_total")
+        .unwrap();
+    assert!(rx > (BIG + 100_000) as u64, "spliced bytes not counted: {rx}");
+}

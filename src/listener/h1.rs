@@ -21,11 +21,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
-use body::{Decoder, Pumped};
-pub use body::{Rejected, RequestBody};
+use body::Pumped;
+pub use body::{poll_read_buf, Decoder, Framing, Rejected, RequestBody};
 
 use crate::drain::Drain;
+use crate::proxy::splice::{BodySplice, Side};
 use crate::upstream::pool::BoxError;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -37,6 +39,18 @@ const STACK_HEADERS: usize = 128;
 const MAX_PIPELINED: usize = 64 * 1024;
 /// Response pieces gathered into one vectored write.
 const MAX_SLICES: usize = 16;
+
+/// A response body the codec can move with `splice(2)` instead of reading it (egressd's own
+/// upstream client's `Content-Length` bodies, `crate::upstream::h1`).
+pub trait Splice {
+    /// The socket holding the body's next bytes and how many are left, when none of them is
+    /// buffered in user space.
+    fn splice_source(&self) -> Option<(&TcpStream, u64)>;
+    /// `n` bytes were moved to the client.
+    fn spliced(&mut self, n: u64);
+    /// The upstream side failed (or closed) mid-body.
+    fn upstream_broken(&mut self);
+}
 
 /// Limits of the HTTP/1.1 codec, from the bootstrap.
 pub struct Settings {
@@ -75,10 +89,10 @@ pub async fn serve<S, F, Fut, B>(
     reject: impl Fn(Rejected),
 ) -> io::Result<Ended<S>>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
     F: FnMut(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Result<Response<B>, std::convert::Infallible>> + Unpin,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Splice + Unpin,
     B::Error: Into<BoxError>,
 {
     let mut buf = BytesMut::new();
@@ -125,10 +139,10 @@ async fn exchange<S, F, Fut, B>(
     reject: &impl Fn(Rejected),
 ) -> io::Result<bool>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
     F: FnMut(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Result<Response<B>, std::convert::Infallible>> + Unpin,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Splice + Unpin,
     B::Error: Into<BoxError>,
 {
     let (mut parts, ()) = request.into_parts();
@@ -399,11 +413,13 @@ struct ResponseWriter<B> {
     /// Body bytes still owed under a Content-Length.
     owed: Option<u64>,
     keep_alive: bool,
+    /// The pipe, once a body is spliced.
+    pipe: BodySplice,
 }
 
 impl<B> ResponseWriter<B>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes> + Splice + Unpin,
     B::Error: Into<BoxError>,
 {
     fn new(response: Response<B>, method_head: bool, version: Version, keep_alive: bool) -> Self {
@@ -473,14 +489,28 @@ where
             chunked,
             owed,
             keep_alive,
+            pipe: BodySplice::default(),
         }
     }
 
     /// Drives the response out; `Ready(Ok)` once all of it is written and flushed.
-    fn poll_write<S: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, io: &mut S) -> Poll<io::Result<()>> {
+    fn poll_write<S: AsyncWrite + Unpin + 'static>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut S,
+    ) -> Poll<io::Result<()>> {
+        // A plain TCP client can be handed a `Content-Length` body with splice(2); a TLS one
+        // needs the bytes in user space to encrypt them.
+        let can_splice = !self.chunked && (&*io as &dyn std::any::Any).is::<TcpStream>();
         loop {
+            if can_splice && self.queue.is_empty() {
+                ready!(self.poll_splice(cx, io))?;
+            }
             while self.queue.len() + 3 <= MAX_SLICES {
                 let Some(body) = self.body.as_mut() else { break };
+                if can_splice && body.splice_source().is_some() {
+                    break; // the head and any buffered bytes go first, then the splice
+                }
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Ok(data) = frame.into_data() {
@@ -521,6 +551,42 @@ where
             }
             self.advance(n);
         }
+    }
+
+    /// Splices the body while it offers its socket; `Ready(Ok)` when it no longer does (done,
+    /// or bytes are buffered that must be read).
+    fn poll_splice<S: 'static>(&mut self, cx: &mut Context<'_>, io: &S) -> Poll<io::Result<()>> {
+        let Some(to) = (io as &dyn std::any::Any).downcast_ref::<TcpStream>() else {
+            return Poll::Ready(Ok(()));
+        };
+        while let Some(body) = self.body.as_mut() {
+            let Some((from, left)) = body.splice_source() else {
+                break;
+            };
+            let moved = ready!(self.pipe.poll_move(cx, from, to, left));
+            match moved {
+                Ok(0) => {
+                    body.upstream_broken();
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "upstream closed before the end of the response body",
+                    )));
+                }
+                Ok(n) => {
+                    body.spliced(n as u64);
+                    if let Some(owed) = &mut self.owed {
+                        *owed = owed.saturating_sub(n as u64);
+                    }
+                }
+                Err((side, e)) => {
+                    if side == Side::From {
+                        body.upstream_broken();
+                    }
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn push_data(&mut self, data: Bytes) -> io::Result<()> {

@@ -9,12 +9,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::access_log::{AccessLogRecord, AccessLogger, ResponseFlags};
 use crate::stats::HttpConnManagerStats;
 use crate::upstream::cluster::HostStats;
 pub use crate::upstream::pool::BoxError;
+use crate::upstream::pool::ResponseBody;
 
 /// Owns a request's access-log record; logs it once, on drop.
 pub struct RequestLog {
@@ -84,12 +84,12 @@ pub struct ProxyBody {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(ResponseBody),
     Full(Option<Bytes>),
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, log: RequestLog) -> ProxyBody {
+    pub fn upstream(body: ResponseBody, log: RequestLog) -> ProxyBody {
         ProxyBody {
             inner: Inner::Upstream(body),
             log: Some(log),
@@ -113,18 +113,16 @@ impl Body for ProxyBody {
         let this = &mut *self;
         let polled = match &mut this.inner {
             Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Err(e))) => {
-                    if let Some(log) = &mut this.log {
-                        // The upstream went away mid-response: the client sees a reset too.
-                        log.record.response_flags.insert(ResponseFlags::UC);
-                        log.record.response_code_details =
-                            Some("upstream_reset_after_response_started{connection_termination}".into());
-                    }
-                    Poll::Ready(Some(Err(Box::new(e) as BoxError)))
+            Inner::Upstream(body) => {
+                let polled = match body {
+                    ResponseBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+                    ResponseBody::Own(body) => Pin::new(body).poll_frame(cx),
+                };
+                if let (Poll::Ready(Some(Err(_))), Some(log)) = (&polled, &mut this.log) {
+                    upstream_reset(log);
                 }
-                other => other.map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
-            },
+                polled
+            }
         };
         if let Poll::Ready(frame) = &polled {
             match frame {
@@ -144,7 +142,8 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(data) => data.is_none(),
-            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Upstream(ResponseBody::Hyper(body)) => body.is_end_stream(),
+            Inner::Upstream(ResponseBody::Own(body)) => body.is_end_stream(),
         }
     }
 
@@ -152,7 +151,40 @@ impl Body for ProxyBody {
         match &self.inner {
             Inner::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             Inner::Full(None) => SizeHint::with_exact(0),
-            Inner::Upstream(body) => body.size_hint(),
+            Inner::Upstream(ResponseBody::Hyper(body)) => body.size_hint(),
+            Inner::Upstream(ResponseBody::Own(body)) => body.size_hint(),
+        }
+    }
+}
+
+/// The upstream went away mid-response: the client sees a reset too.
+fn upstream_reset(log: &mut RequestLog) {
+    log.record.response_flags.insert(ResponseFlags::UC);
+    log.record.response_code_details = Some("upstream_reset_after_response_started{connection_termination}".into());
+}
+
+/// The HTTP/1.1 codec moves a `Content-Length` body of egressd's own upstream client with
+/// `splice(2)` when the client's connection is plain TCP; the bytes are counted here.
+impl crate::listener::h1::Splice for ProxyBody {
+    fn splice_source(&self) -> Option<(&tokio::net::TcpStream, u64)> {
+        match &self.inner {
+            Inner::Upstream(ResponseBody::Own(body)) => body.splice_source(),
+            _ => None,
+        }
+    }
+
+    fn spliced(&mut self, n: u64) {
+        if let Inner::Upstream(ResponseBody::Own(body)) = &mut self.inner {
+            body.spliced(n);
+            if let Some(log) = &mut self.log {
+                log.sent += n;
+            }
+        }
+    }
+
+    fn upstream_broken(&mut self) {
+        if let Some(log) = &mut self.log {
+            upstream_reset(log);
         }
     }
 }
@@ -160,8 +192,9 @@ impl Body for ProxyBody {
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         // Dropped before its end: the client went away (or the connection closed) mid-body.
-        if let (Some(log), Inner::Upstream(body)) = (&mut self.log, &self.inner) {
-            if !body.is_end_stream() && !log.record.response_flags.contains(ResponseFlags::UC) {
+        let ended = Body::is_end_stream(&*self);
+        if let (Some(log), Inner::Upstream(_)) = (&mut self.log, &self.inner) {
+            if !ended && !log.record.response_flags.contains(ResponseFlags::UC) {
                 log.record.response_flags.insert(ResponseFlags::DC);
                 log.record.response_code_details = Some("downstream_remote_disconnect".into());
             }

@@ -9,19 +9,20 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::body::{CountedRequestBody, ProxyBody, RequestLog};
 use super::local_reply::Failure;
 use super::Shared;
 use crate::access_log::{AccessLogRecord, Protocol};
 use crate::routing::http_match::RequestView;
-use crate::routing::snapshot::{HeaderOps, HttpConnectionManager, Redirect, Route, RouteAction, Snapshot};
+use crate::routing::snapshot::{
+    HeaderOps, HttpConnectionManager, Redirect, Route, RouteAction, Snapshot, UpstreamProtocol,
+};
 use crate::stats::HttpConnManagerStats;
 use crate::upstream::cluster::{ClusterRuntime, ConnectError};
-use crate::upstream::pool::{CheckoutError, UpstreamBody};
+use crate::upstream::pool::{CheckoutError, ResponseBody, UpstreamBody};
 
 /// A downstream HTTP connection: where it came from and which route table serves it.
 pub struct HttpConn {
@@ -321,7 +322,7 @@ async fn forward(
     body: UpstreamBody,
     authority: &str,
     log: &mut RequestLog,
-) -> Result<(Response<Incoming>, u64), Failure> {
+) -> Result<(Response<ResponseBody>, u64), Failure> {
     let endpoints = rt.endpoints().await;
     if endpoints.is_empty() {
         return Err(Failure::NoHealthyUpstream);
@@ -346,6 +347,10 @@ async fn forward(
             || (matches!(status, 502..=504) && policy.retry_on.iter().any(|c| c == "gateway-error"))
     };
     let body_empty = http_body::Body::is_end_stream(&body);
+    // Plaintext HTTP/1.1 upstreams get egressd's own client (zero-copy response bodies);
+    // hyper originates TLS and speaks HTTP/2.
+    let own =
+        rt.config.protocol == UpstreamProtocol::Http1 && rt.config.tls.is_none() && parts.method != Method::CONNECT;
     let mut body = Some(body);
     let deadline = route.timeout.map(|t| Instant::now() + t);
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -360,7 +365,7 @@ async fn forward(
         log.record.upstream_host = Some(addr);
         let host = rt.host_stats(addr);
         let can_retry = attempt < policy.attempts;
-        let checkout = with_deadline(deadline, rt.pool.checkout(rt, addr, Some(authority))).await;
+        let checkout = with_deadline(deadline, rt.pool.checkout(rt, addr, Some(authority), own)).await;
         let mut sender = match checkout {
             None => return Err(Failure::Timeout),
             // Circuit breakers are not retried (Envoy: 503 UO at once).
@@ -422,7 +427,7 @@ async fn forward(
             (d, None) => d,
             (None, Some(p)) => Some(Instant::now() + p),
         };
-        let sent = with_deadline(try_deadline, sender.send(request)).await;
+        let sent = with_deadline(try_deadline, sender.send(request, rt)).await;
         drop(active);
         match sent {
             None => {

@@ -270,6 +270,81 @@ fn read_and_write(from: &TcpStream, to: &TcpStream) -> io::Result<(Burst, usize,
     Ok((burst, n, left))
 }
 
+/// Which socket a [`BodySplice`] failed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    From,
+    To,
+}
+
+/// Moves an HTTP body of known length from one socket to another through a pipe, for the
+/// HTTP/1.1 codec (`crate::listener::h1`): the body never enters user space. The pipe is taken
+/// on the first move and given back (drained, or emptied) when this is dropped.
+#[derive(Default)]
+pub struct BodySplice {
+    pipe: Option<Pipe>,
+    /// Bytes in the pipe, read from `from` but not yet written to `to`.
+    in_pipe: usize,
+}
+
+impl BodySplice {
+    /// Moves at most `max` bytes (`max` > 0) from `from` to `to`. `Ready(Ok(n))`: `n` bytes
+    /// reached `to`; `Ready(Ok(0))`: `from` ended before sending anything.
+    pub fn poll_move(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        max: u64,
+    ) -> std::task::Poll<Result<usize, (Side, io::Error)>> {
+        use std::task::{ready, Poll};
+        if self.pipe.is_none() {
+            self.pipe = Some(take_pipe().map_err(|e| (Side::From, e))?);
+        }
+        let pipe = self.pipe.as_ref().expect("taken above");
+        loop {
+            if self.in_pipe > 0 {
+                ready!(to.poll_write_ready(cx)).map_err(|e| (Side::To, e))?;
+                let left = self.in_pipe;
+                match to.try_io(Interest::WRITABLE, || {
+                    splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
+                }) {
+                    Ok(0) => return Poll::Ready(Err((Side::To, io::ErrorKind::WriteZero.into()))),
+                    // All of the pipe, or as much as `to` had room for: the rest next time.
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        return Poll::Ready(Ok(n));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err((Side::To, e))),
+                }
+            }
+            ready!(from.poll_read_ready(cx)).map_err(|e| (Side::From, e))?;
+            let want = usize::try_from(max).unwrap_or(CHUNK).min(CHUNK);
+            match from.try_io(Interest::READABLE, || {
+                splice(from.as_raw_fd(), pipe.write.as_raw_fd(), want)
+            }) {
+                Ok(0) => return Poll::Ready(Ok(0)),
+                Ok(n) => self.in_pipe = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err((Side::From, e))),
+            }
+        }
+    }
+}
+
+impl Drop for BodySplice {
+    fn drop(&mut self) {
+        if let Some(pipe) = self.pipe.take() {
+            if self.in_pipe == 0 {
+                give_back(pipe);
+            } else {
+                discard(pipe);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

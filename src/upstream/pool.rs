@@ -13,6 +13,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::cluster::{ClusterRuntime, ConnectError, Slot};
+use super::h1;
 use crate::routing::snapshot::{Cluster, UpstreamProtocol};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,6 +33,8 @@ type SharedHttp2 = (http2::SendRequest<UpstreamBody>, Option<SocketAddr>);
 #[derive(Default)]
 struct Shard {
     idle: HashMap<PoolKey, Vec<IdleHttp1>>,
+    /// Idle connections of egressd's own HTTP/1.1 client (`super::h1`).
+    own_idle: HashMap<PoolKey, Vec<h1::Conn>>,
     shared: HashMap<PoolKey, SharedHttp2>,
     /// Open connections per key, idle or busy (the rule in `Pool::checkout`).
     live: HashMap<PoolKey, Arc<AtomicUsize>>,
@@ -55,7 +58,12 @@ impl Shard {
         if len >= self.prune_at.max(PRUNE_AT) {
             self.prune();
             // Amortized: what is still in use is not scanned again until the maps double.
-            self.prune_at = 2 * self.live.len().max(self.idle.len()).max(self.shared.len());
+            self.prune_at = 2 * self
+                .live
+                .len()
+                .max(self.idle.len())
+                .max(self.own_idle.len())
+                .max(self.shared.len());
         }
     }
 
@@ -65,6 +73,10 @@ impl Shard {
     fn prune(&mut self) {
         self.idle.retain(|_, list| {
             list.retain(|c| !c.0.is_closed());
+            !list.is_empty()
+        });
+        self.own_idle.retain(|_, list| {
+            list.retain(h1::Conn::is_usable);
             !list.is_empty()
         });
         self.shared.retain(|_, (send, _)| !send.is_closed());
@@ -89,12 +101,21 @@ pub enum Sender {
         send: http2::SendRequest<UpstreamBody>,
         local: Option<SocketAddr>,
     },
+    /// egressd's own HTTP/1.1 client, for plaintext HTTP/1.1 upstreams; `None` once sent (the response body owns the connection then).
+    Own(Option<h1::Conn>),
+}
+
+/// A response body from the upstream, by client.
+pub enum ResponseBody {
+    Hyper(hyper::body::Incoming),
+    Own(h1::RawBody),
 }
 
 impl Sender {
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
             Sender::Http1 { local, .. } | Sender::Http2 { local, .. } => *local,
+            Sender::Own(conn) => conn.as_ref().and_then(h1::Conn::local_addr),
         }
     }
 
@@ -102,18 +123,25 @@ impl Sender {
         matches!(self, Sender::Http2 { .. })
     }
 
-    /// Sends a request; the error is hyper's (connection reset, closed, ...).
+    /// Sends a request (connection reset, closed, a malformed response... are errors).
     pub async fn send(
         &mut self,
         req: http::Request<UpstreamBody>,
-    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
-        match self {
+        rt: &Arc<ClusterRuntime>,
+    ) -> Result<http::Response<ResponseBody>, BoxError> {
+        let hyper = match self {
             Sender::Http1 { send, uses, .. } => {
                 *uses += 1;
                 send.send_request(req).await
             }
             Sender::Http2 { send, .. } => send.send_request(req).await,
-        }
+            Sender::Own(conn) => {
+                let conn = conn.take().ok_or("connection already used")?;
+                let response = h1::send(conn, req, rt.clone()).await?;
+                return Ok(response.map(ResponseBody::Own));
+            }
+        };
+        Ok(hyper?.map(ResponseBody::Hyper))
     }
 }
 
@@ -148,11 +176,14 @@ impl Pool {
     /// A connection to `addr`: an idle one if any is ready, else a new one (TLS-originated when
     /// the cluster says so, with the SNI from `tls.sni` or `authority`). The bool is true when
     /// the connection is new.
+    /// With `own`, the connection is for egressd's own HTTP/1.1 client (`super::h1`; the
+    /// caller checks the request and the cluster allow it).
     pub async fn checkout(
         &self,
         rt: &ClusterRuntime,
         addr: SocketAddr,
         authority: Option<&str>,
+        own: bool,
     ) -> Result<(Sender, bool), CheckoutError> {
         let tls = match (&rt.tls, &rt.config.tls) {
             (Some(Ok(config)), Some(settings)) => {
@@ -172,7 +203,11 @@ impl Pool {
         let mut live: Option<Arc<AtomicUsize>> = None;
         let started = tokio::time::Instant::now();
         let slot = loop {
-            if self.protocol == UpstreamProtocol::Http2 {
+            if own {
+                if let Some(conn) = self.own_idle_ready(&key) {
+                    return Ok((Sender::Own(Some(conn)), false));
+                }
+            } else if self.protocol == UpstreamProtocol::Http2 {
                 if let Some((send, local)) = self.shared_ready(&key) {
                     return Ok((Sender::Http2 { send, local }, false));
                 }
@@ -205,6 +240,12 @@ impl Pool {
         let slot = slot.counted_in(live.unwrap_or_else(|| self.live_here(&key)));
         // The rare path, boxed: its future (connect, TLS, HTTP handshake) is several KiB that
         // every request's future would otherwise carry, and copy into its box.
+        if own && tls.is_none() {
+            let stream = Box::pin(rt.connect_with(addr, slot))
+                .await
+                .map_err(CheckoutError::Connect)?;
+            return Ok((Sender::Own(Some(h1::Conn::new(stream, key))), true));
+        }
         Box::pin(self.open(rt, addr, slot, tls, &key))
             .await
             .map(|sender| (sender, true))
@@ -316,6 +357,18 @@ impl Pool {
         found
     }
 
+    /// The most recently used idle connection of the own client that is still usable.
+    fn own_idle_ready(&self, key: &PoolKey) -> Option<h1::Conn> {
+        let mut shard = self.mine();
+        let list = shard.own_idle.get_mut(key)?;
+        while let Some(conn) = list.pop() {
+            if conn.is_usable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
     fn shared_ready(&self, key: &PoolKey) -> Option<SharedHttp2> {
         let mut shard = self.mine();
         match shard.shared.get(key) {
@@ -345,6 +398,23 @@ impl Pool {
         let list = shard.idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push((send, uses, local));
+        }
+    }
+
+    /// Returns a connection of the own client whose response has ended, unless it has
+    /// carried `maxRequestsPerConnection`.
+    pub fn checkin_h1(&self, conn: h1::Conn) {
+        if self.max_requests_per_connection.is_some_and(|max| conn.uses() >= max) {
+            return;
+        }
+        let mut shard = self.mine();
+        if !shard.own_idle.contains_key(conn.key()) {
+            let len = shard.own_idle.len();
+            shard.make_room(len);
+        }
+        let list = shard.own_idle.entry(conn.key().clone()).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(conn);
         }
     }
 }

@@ -458,6 +458,28 @@ impl Egressd {
             .map(|d| d.count())
             .unwrap_or(0)
     }
+
+    /// egressd's descriptors by kind (`socket`, `pipe`, `anon_inode`, file paths).
+    pub fn fd_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+        for entry in fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let target = fs::read_link(entry.path())
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            let kind = target.split(":[").next().unwrap_or_default().to_string();
+            *kinds.entry(kind).or_default() += 1;
+        }
+        kinds
+    }
+
+    /// [`Egressd::fd_counts`] as text, for failure messages.
+    pub fn fd_kinds(&self) -> String {
+        format!("{:?}", self.fd_counts())
+    }
 }
 
 impl Drop for Egressd {

@@ -1,0 +1,555 @@
+//! The HTTP/1.1 client for plaintext upstreams, for requests without a body (issue 6).
+//!
+//! hyper's client reads a response body into its own buffers and hands it on as frames, so a
+//! proxied body is copied into user space and out again. Here the response head is parsed with
+//! httparse and the body stays on the upstream socket: the downstream HTTP/1.1 codec moves a
+//! `Content-Length` body with `splice(2)` (`crate::listener::h1`), and reads it through
+//! [`Body::poll_frame`] otherwise (TLS or HTTP/2 clients, chunked or close-delimited bodies).
+//! The exchange also runs inline in the request's task, without hyper's connection task and the
+//! channel to it. Requests with a body, upgrades and TLS-originating or HTTP/2 clusters keep
+//! hyper (`crate::proxy::http::forward` decides).
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use super::cluster::{ClusterRuntime, CountedStream};
+use super::pool::{BoxError, PoolKey, UpstreamBody};
+use crate::listener::h1::{poll_read_buf, Decoder, Framing};
+
+/// Bound on a response head, as Envoy's default `max_request_headers_kb` (60 KiB) for the
+/// upstream codec, and on its header count (Envoy's `max_headers_count`).
+const MAX_HEAD: usize = 60 * 1024;
+const MAX_HEADERS: usize = 100;
+/// First read for a response head; most heads and small bodies fit.
+const HEAD_READ: usize = 8 * 1024;
+/// Bytes read per call while a body is read through user space.
+const BODY_READ: usize = 64 * 1024;
+/// Request pieces gathered into one vectored write.
+const MAX_SLICES: usize = 16;
+
+/// An upstream connection this client owns: pooled while idle, owned by the response body
+/// while one is in flight.
+pub struct Conn {
+    io: CountedStream,
+    uses: u32,
+    key: PoolKey,
+}
+
+impl Conn {
+    pub fn new(io: CountedStream, key: PoolKey) -> Conn {
+        Conn { io, uses: 0, key }
+    }
+
+    pub fn key(&self) -> &PoolKey {
+        &self.key
+    }
+
+    pub fn uses(&self) -> u32 {
+        self.uses
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.io.local_addr()
+    }
+
+    /// Whether an idle connection can carry a request: nothing arrived on it since its last
+    /// response (a close, or bytes nobody asked for). Costs a system call only when epoll
+    /// reported something on the socket.
+    pub fn is_usable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.io.tcp().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Sends `request` and reads the response head. The request body is sent as it comes, with
+/// its `Content-Length` or chunked; a response that arrives before the whole body was sent is
+/// taken (the connection is then not reused). The response body is read from the connection
+/// as it is consumed; when it ends on a reusable connection, the connection goes back to
+/// `rt`'s pool.
+pub async fn send(
+    mut conn: Conn,
+    request: Request<UpstreamBody>,
+    rt: Arc<ClusterRuntime>,
+) -> Result<Response<RawBody>, BoxError> {
+    conn.uses += 1;
+    let (parts, body) = request.into_parts();
+    let mut upload = Upload::new(&parts, body);
+    let mut buf = BytesMut::with_capacity(HEAD_READ);
+    let head = poll_fn(|cx| {
+        // Send while the body has bytes and the socket room; a response may come first.
+        if let Poll::Ready(Err(e)) = upload.poll_send(cx, &mut conn.io) {
+            return Poll::Ready(Err(e));
+        }
+        loop {
+            match parse_response(&mut buf) {
+                Err(e) => return Poll::Ready(Err(e)),
+                // 100 Continue and other interim responses: the final one follows.
+                Ok(Some(r)) if r.status().is_informational() && r.status() != StatusCode::SWITCHING_PROTOCOLS => {
+                    continue
+                }
+                Ok(Some(r)) => return Poll::Ready(Ok(r)),
+                Ok(None) => {}
+            }
+            if buf.len() >= MAX_HEAD {
+                return Poll::Ready(Err("upstream response head too large".into()));
+            }
+            match std::task::ready!(poll_read_buf(cx, &mut conn.io, &mut buf, HEAD_READ)) {
+                Ok(0) => return Poll::Ready(Err("upstream closed the connection before the response".into())),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    })
+    .await?;
+    let (parts_in, ()) = head.into_parts();
+    let framing = response_framing(&parts.method, parts_in.status, &parts_in.headers)?;
+    // A connection that switched protocols (not asked for: upgrades are not proxied) or whose
+    // request body was cut short by the response is never reused.
+    let keep_alive = framing.is_some()
+        && upload.is_done()
+        && parts_in.status != StatusCode::SWITCHING_PROTOCOLS
+        && wants_keep_alive(parts_in.version, &parts_in.headers);
+    let mut body = RawBody {
+        conn: Some(conn),
+        buf,
+        state: match framing {
+            Some(framing) => Decoder::new(framing).map_or(State::Done, State::Decode),
+            None => State::UntilClose,
+        },
+        keep_alive,
+        rt,
+    };
+    if matches!(body.state, State::Done) {
+        body.finish();
+    }
+    Ok(Response::from_parts(parts_in, body))
+}
+
+/// The request going out: its head, then its body, framed.
+struct Upload {
+    /// Encoded bytes not yet written (the head, chunk framing, body data).
+    queue: VecDeque<Bytes>,
+    body: Option<UpstreamBody>,
+    chunked: bool,
+}
+
+impl Upload {
+    fn new(parts: &http::request::Parts, body: UpstreamBody) -> Upload {
+        let ended = body.is_end_stream();
+        let length = body.size_hint().exact();
+        let mut head = encode_head(parts);
+        // The client's Content-Length when it gave one (its codec checked the body against
+        // it), else the known size, else chunked.
+        let chunked = !ended && !parts.headers.contains_key(header::CONTENT_LENGTH) && length.is_none();
+        if !ended && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+            match length {
+                Some(n) => {
+                    let _ = std::fmt::Write::write_fmt(&mut head, format_args!("content-length: {n}\r\n"));
+                }
+                None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            }
+        }
+        head.extend_from_slice(b"\r\n");
+        let mut queue = VecDeque::with_capacity(4);
+        queue.push_back(head.freeze());
+        Upload {
+            queue,
+            body: (!ended).then_some(body),
+            chunked,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.queue.is_empty() && self.body.is_none()
+    }
+
+    /// Writes what can be written now; `Ready(Ok)` once all of it went, `Pending` while the
+    /// socket or the body has nothing more for now.
+    fn poll_send(&mut self, cx: &mut Context<'_>, io: &mut CountedStream) -> Poll<Result<(), BoxError>> {
+        loop {
+            while self.queue.len() < MAX_SLICES - 2 {
+                let Some(body) = self.body.as_mut() else { break };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            if data.is_empty() {
+                                continue;
+                            }
+                            if self.chunked {
+                                self.queue.push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                                self.queue.push_back(data);
+                                self.queue.push_back(Bytes::from_static(b"\r\n"));
+                            } else {
+                                self.queue.push_back(data);
+                            }
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        self.body = None;
+                        if self.chunked {
+                            self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            if self.queue.is_empty() {
+                return if self.body.is_none() {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let count = self.queue.len().min(MAX_SLICES);
+            for (slot, piece) in slices.iter_mut().zip(self.queue.iter()) {
+                *slot = IoSlice::new(piece);
+            }
+            let mut n = std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+            }
+            while n > 0 {
+                let Some(front) = self.queue.front_mut() else { break };
+                if n >= front.len() {
+                    n -= front.len();
+                    self.queue.pop_front();
+                } else {
+                    bytes::Buf::advance(front, n);
+                    n = 0;
+                }
+            }
+        }
+    }
+}
+
+/// The request line and headers, without the blank line that ends them.
+fn encode_head(parts: &http::request::Parts) -> BytesMut {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut head = BytesMut::with_capacity(64 + path.len() + parts.headers.len() * 48);
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.extend_from_slice(b" ");
+    head.extend_from_slice(path.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head
+}
+
+/// Parses a complete response head off the front of `buf`; `None` while it is incomplete.
+fn parse_response(buf: &mut BytesMut) -> Result<Option<Response<()>>, BoxError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let len = match parsed.parse(buf)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let status = StatusCode::from_u16(parsed.code.unwrap_or(0))?;
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let base = buf.as_ptr() as usize;
+    let fields: Vec<(HeaderName, std::ops::Range<usize>)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            let start = h.value.as_ptr() as usize - base;
+            Ok((HeaderName::from_bytes(h.name.as_bytes())?, start..start + h.value.len()))
+        })
+        .collect::<Result<_, BoxError>>()?;
+    // Header values share the head's bytes rather than being copied one by one.
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, range) in fields {
+        headers.append(name, HeaderValue::from_maybe_shared(head.slice(range))?);
+    }
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Some(response))
+}
+
+/// RFC 9112 §6.3 for a response: `None` when the body ends with the connection.
+fn response_framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Option<Framing>, BoxError> {
+    if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Some(Framing::Empty));
+    }
+    if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        let chunked = last
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(chunked.then_some(Framing::Chunked));
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.to_str()?.split(',') {
+            let n: u64 = part.trim().parse()?;
+            if length.is_some_and(|l| l != n) {
+                return Err("upstream response with differing content-lengths".into());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => Some(Framing::Empty),
+        Some(n) => Some(Framing::Length(n)),
+        None => None,
+    })
+}
+
+fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match version {
+        Version::HTTP_11 => !has("close"),
+        _ => has("keep-alive"),
+    }
+}
+
+enum State {
+    Decode(Decoder),
+    /// No length and not chunked: the body is everything until the upstream closes.
+    UntilClose,
+    Done,
+}
+
+/// A response body still on its upstream connection.
+pub struct RawBody {
+    conn: Option<Conn>,
+    /// Bytes read past the head (or past the last frame) not yet handed on.
+    buf: BytesMut,
+    state: State,
+    keep_alive: bool,
+    rt: Arc<ClusterRuntime>,
+}
+
+impl RawBody {
+    /// The socket holding the rest of a `Content-Length` body and how many bytes are left,
+    /// when nothing of it is buffered here: the caller may then move them with `splice(2)`
+    /// and report them with [`RawBody::spliced`].
+    pub fn splice_source(&self) -> Option<(&TcpStream, u64)> {
+        match (&self.state, &self.conn) {
+            (State::Decode(Decoder::Length(left)), Some(conn)) if *left > 0 && self.buf.is_empty() => {
+                Some((conn.io.tcp(), *left))
+            }
+            _ => None,
+        }
+    }
+
+    /// `n` bytes of the body were moved past this reader.
+    pub fn spliced(&mut self, n: u64) {
+        if let (State::Decode(Decoder::Length(left)), Some(conn)) = (&mut self.state, &self.conn) {
+            *left = left.saturating_sub(n);
+            conn.io.count_spliced(n, 0);
+            if *left == 0 {
+                self.finish();
+            }
+        }
+    }
+
+    /// The body is complete: the connection goes back to the pool when it can carry another
+    /// request (nothing unasked-for arrived after the body), else it is closed.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && self.buf.is_empty() {
+                self.rt.pool.checkin_h1(conn);
+            }
+        }
+    }
+}
+
+impl Body for RawBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                State::Done => return Poll::Ready(None),
+                State::Decode(decoder) => match decoder.decode(&mut this.buf) {
+                    Ok(Some(data)) => {
+                        // Ended with this piece: the connection is free now, since a consumer
+                        // (hyper's HTTP/2 server) stops polling once `is_end_stream` says so.
+                        if decoder.is_done() {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(None) if decoder.is_done() => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        this.state = State::Done;
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                },
+                State::UntilClose => {
+                    if !this.buf.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
+                    }
+                }
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let chunk = match &this.state {
+                State::Decode(Decoder::Length(left)) => usize::try_from(*left).unwrap_or(BODY_READ).min(BODY_READ),
+                _ => BODY_READ,
+            };
+            let read = std::task::ready!(poll_read_buf(cx, &mut conn.io, &mut this.buf, chunk));
+            match read {
+                Ok(0) if matches!(this.state, State::UntilClose) => {
+                    this.state = State::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.state = State::Done;
+                    this.conn = None;
+                    return Poll::Ready(Some(Err("upstream closed the connection mid-body".into())));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.state = State::Done;
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            State::Done => true,
+            State::Decode(d) => d.is_done() && self.buf.is_empty(),
+            State::UntilClose => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            State::Done => SizeHint::with_exact(0),
+            State::Decode(Decoder::Length(left)) => SizeHint::with_exact(*left),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framing_of(method: Method, status: u16, headers: &[(&str, &str)]) -> Result<Option<Framing>, BoxError> {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        response_framing(&method, StatusCode::from_u16(status).unwrap(), &map)
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let length = |n| Some(Framing::Length(n));
+        assert_eq!(
+            framing_of(Method::GET, 200, &[("content-length", "5")]).unwrap(),
+            length(5)
+        );
+        assert_eq!(
+            framing_of(Method::GET, 200, &[("content-length", "0")]).unwrap(),
+            Some(Framing::Empty)
+        );
+        assert_eq!(
+            framing_of(Method::HEAD, 200, &[("content-length", "5")]).unwrap(),
+            Some(Framing::Empty)
+        );
+        assert_eq!(
+            framing_of(Method::GET, 304, &[("content-length", "5")]).unwrap(),
+            Some(Framing::Empty)
+        );
+        assert_eq!(framing_of(Method::GET, 204, &[]).unwrap(), Some(Framing::Empty));
+        // Transfer-Encoding wins over Content-Length; a last coding other than chunked, or no
+        // framing at all, runs until the close.
+        let chunked = [("transfer-encoding", "gzip, chunked"), ("content-length", "5")];
+        assert_eq!(framing_of(Method::GET, 200, &chunked).unwrap(), Some(Framing::Chunked));
+        assert_eq!(
+            framing_of(Method::GET, 200, &[("transfer-encoding", "gzip")]).unwrap(),
+            None
+        );
+        assert_eq!(framing_of(Method::GET, 200, &[]).unwrap(), None);
+        // Repeated equal lengths are one length; differing or invalid ones are refused.
+        assert_eq!(
+            framing_of(Method::GET, 200, &[("content-length", "7, 7")]).unwrap(),
+            length(7)
+        );
+        assert!(framing_of(Method::GET, 200, &[("content-length", "7"), ("content-length", "8")]).is_err());
+        assert!(framing_of(Method::GET, 200, &[("content-length", "-1")]).is_err());
+    }
+
+    #[test]
+    fn a_head_is_parsed_across_reads_and_interim_responses_are_seen() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
+        assert!(parse_response(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(b"ngth: 3\r\nx-a: b\r\n\r\nabc");
+        let response = parse_response(&mut buf).unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-a"], "b");
+        assert_eq!(&buf[..], b"abc", "the body's first bytes stay buffered");
+        assert!(parse_response(&mut BytesMut::from(&b"HTTP/1.1 2000 OK\r\n\r\n"[..])).is_err());
+        assert!(parse_response(&mut BytesMut::from(&b"garbage\r\n\r\n"[..])).is_err());
+    }
+
+    #[test]
+    fn requests_are_encoded_with_their_path_and_headers() {
+        let (parts, ()) = Request::builder()
+            .method(Method::GET)
+            .uri("/politics?x=1")
+            .header("host", "edition.cnn.com")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert_eq!(
+            &encode_head(&parts)[..],
+            b"GET /politics?x=1 HTTP/1.1\r\nhost: edition.cnn.com\r\n"
+        );
+    }
+}
