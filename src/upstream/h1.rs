@@ -45,11 +45,14 @@ pub struct Conn {
     io: CountedStream,
     uses: u32,
     key: PoolKey,
+    /// Asked once per connection (getsockname(2)), for the access log's upstream address.
+    local: Option<SocketAddr>,
 }
 
 impl Conn {
     pub fn new(io: CountedStream, key: PoolKey) -> Conn {
-        Conn { io, uses: 0, key }
+        let local = io.local_addr();
+        Conn { io, uses: 0, key, local }
     }
 
     pub fn key(&self) -> &PoolKey {
@@ -61,7 +64,7 @@ impl Conn {
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.io.local_addr()
+        self.local
     }
 
     /// Whether an idle connection can carry a request: nothing arrived on it since its last
