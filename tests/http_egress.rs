@@ -579,6 +579,8 @@ async fn plaintext_upstreams_splice_bodies_and_keep_one_connection() {
     let empty = || Full::new(bytes::Bytes::new()).boxed();
     const BIG: usize = 3_000_000;
 
+    // hyper's client takes a request only once the previous exchange has settled.
+    client.ready().await.unwrap();
     let r = client
         .send_request(request("GET", "/bytes/3000000", empty()))
         .await
@@ -592,6 +594,7 @@ async fn plaintext_upstreams_splice_bodies_and_keep_one_connection() {
         got.len()
     );
 
+    client.ready().await.unwrap();
     let r = client
         .send_request(request("GET", "/chunked/100000", empty()))
         .await
@@ -602,6 +605,7 @@ async fn plaintext_upstreams_splice_bodies_and_keep_one_connection() {
         pattern(0, 100_000)[..]
     );
 
+    client.ready().await.unwrap();
     let r = client
         .send_request(request("HEAD", "/bytes/77", empty()))
         .await
@@ -612,6 +616,7 @@ async fn plaintext_upstreams_splice_bodies_and_keep_one_connection() {
     );
     assert!(r.into_body().collect().await.unwrap().to_bytes().is_empty());
 
+    client.ready().await.unwrap();
     let r = client
         .send_request(request("GET", "/status/204", empty()))
         .await
@@ -619,6 +624,7 @@ async fn plaintext_upstreams_splice_bodies_and_keep_one_connection() {
     assert_eq!(r.status(), 204);
 
     let sized = Full::new(bytes::Bytes::from(vec![b'x'; 70_000])).boxed();
+    client.ready().await.unwrap();
     let r = client.send_request(request("POST", "/echo", sized)).await.unwrap();
     let echo = String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(echo.contains("\"body_length\":70000"), "{echo}");
@@ -627,6 +633,7 @@ async fn plaintext_upstreams_splice_bodies_and_keep_one_connection() {
     let unsized_body = support::origin::OriginBody::pattern_unsized(5000)
         .map_err(|e| -> std::convert::Infallible { panic!("{e}") })
         .boxed();
+    client.ready().await.unwrap();
     let r = client
         .send_request(request("POST", "/echo", unsized_body))
         .await
@@ -655,4 +662,56 @@ async fn plaintext_upstreams_splice_bodies_and_keep_one_connection() {
         .stat("cluster.outbound|80||own.example.com.upstream_cx_rx_bytes_total")
         .unwrap();
     assert!(rx > (BIG + 100_000) as u64, "spliced bytes not counted: {rx}");
+}
+
+/// An upstream that answers before it has read the request body (here: never reads it) gets
+/// its answer passed on at once, not after the route timeout; the upload is abandoned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_request_body_is_passed_on_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dns = TestDns::start().await;
+    dns.set_a("early.example.com", &[Ipv4Addr::new(127, 0, 0, 112)], 30);
+    let listener = tokio::net::TcpListener::bind("127.0.0.112:80").await.unwrap();
+    let origin = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // Holds the connection without reading the body.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    let dir = config("early.example.com", "");
+    let e = start(dir.path(), &dns, LogFormat::Text).await;
+    let upload = dir.path().join("upload.bin");
+    std::fs::write(&upload, vec![b'z'; 8_000_000]).unwrap();
+    let started = std::time::Instant::now();
+    let out = curl_async(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: early.example.com",
+        "--data-binary",
+        &format!("@{}", upload.display()),
+        &gateway_url(&e, "/upload"),
+    ])
+    .await;
+    assert_eq!(stdout(&out), "413");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the early answer waited for the upload"
+    );
+    let line = e.wait_for_log_lines(1, Duration::from_secs(5)).remove(0);
+    assert!(line.contains("\"POST /upload HTTP/1.1\" 413 - via_upstream"), "{line}");
+    origin.abort();
 }

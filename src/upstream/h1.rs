@@ -52,7 +52,12 @@ pub struct Conn {
 impl Conn {
     pub fn new(io: CountedStream, key: PoolKey) -> Conn {
         let local = io.local_addr();
-        Conn { io, uses: 0, key, local }
+        Conn {
+            io,
+            uses: 0,
+            key,
+            local,
+        }
     }
 
     pub fn key(&self) -> &PoolKey {
