@@ -177,16 +177,22 @@ async fn pump(
             }
             let mut left = n;
             while left > 0 {
-                let written = to
-                    .async_io(Interest::WRITABLE, || {
-                        splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
-                    })
-                    .await;
+                let written = to.try_io(Interest::WRITABLE, || {
+                    splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
+                });
                 match written {
                     Ok(m) if m > 0 => left -= m,
                     Ok(_) => {
                         discard(pipe);
                         return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // The receiver's buffer is full. Boxed: the wait's state would
+                        // otherwise be laid out in every tunnel's future, idle ones too.
+                        if let Err(e) = Box::pin(to.writable()).await {
+                            discard(pipe);
+                            return Err(e);
+                        }
                     }
                     Err(e) => {
                         discard(pipe);
@@ -218,22 +224,30 @@ enum Burst {
 async fn copy_once(from: &TcpStream, to: &TcpStream, count: &std::sync::atomic::AtomicU64) -> io::Result<Burst> {
     let (burst, n, left) = read_and_write(from, to)?;
     if let Some(left) = left {
-        let mut done = 0;
-        while done < left.len() {
-            to.writable().await?;
-            match to.try_write(&left[done..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(m) => done += m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
+        // Rare (the receiver's buffer is full): boxed, so that the wait's state is not laid
+        // out in every tunnel's future.
+        Box::pin(write_all(to, left)).await?;
     }
     count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     if burst == Burst::Ended {
         let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
     }
     Ok(burst)
+}
+
+/// Writes `left` to `to` as it takes it.
+async fn write_all(to: &TcpStream, left: Vec<u8>) -> io::Result<()> {
+    let mut done = 0;
+    while done < left.len() {
+        to.writable().await?;
+        match to.try_write(&left[done..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => done += m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The synchronous part of [`copy_once`], so that its buffer lives on the thread's stack, not

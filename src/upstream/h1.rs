@@ -50,14 +50,15 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(io: CountedStream, key: PoolKey) -> Conn {
+    /// Boxed: it moves between the pool, the request and the response body, which stay small.
+    pub fn new(io: CountedStream, key: PoolKey) -> Box<Conn> {
         let local = io.local_addr();
-        Conn {
+        Box::new(Conn {
             io,
             uses: 0,
             key,
             local,
-        }
+        })
     }
 
     pub fn key(&self) -> &PoolKey {
@@ -87,7 +88,7 @@ impl Conn {
 /// as it is consumed; when it ends on a reusable connection, the connection goes back to
 /// `rt`'s pool.
 pub async fn send(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     request: Request<UpstreamBody>,
     rt: Arc<ClusterRuntime>,
 ) -> Result<Response<RawBody>, BoxError> {
@@ -355,7 +356,7 @@ enum State {
 
 /// A response body still on its upstream connection.
 pub struct RawBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     /// Bytes read past the head (or past the last frame) not yet handed on.
     buf: BytesMut,
     state: State,

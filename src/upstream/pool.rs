@@ -34,7 +34,9 @@ type SharedHttp2 = (http2::SendRequest<UpstreamBody>, Option<SocketAddr>);
 struct Shard {
     idle: HashMap<PoolKey, Vec<IdleHttp1>>,
     /// Idle connections of egressd's own HTTP/1.1 client (`super::h1`).
-    own_idle: HashMap<PoolKey, Vec<h1::Conn>>,
+    /// Boxed as they travel (checkout, the response body, checkin): no move reallocates.
+    #[allow(clippy::vec_box)]
+    own_idle: HashMap<PoolKey, Vec<Box<h1::Conn>>>,
     shared: HashMap<PoolKey, SharedHttp2>,
     /// Open connections per key, idle or busy (the rule in `Pool::checkout`).
     live: HashMap<PoolKey, Arc<AtomicUsize>>,
@@ -76,7 +78,7 @@ impl Shard {
             !list.is_empty()
         });
         self.own_idle.retain(|_, list| {
-            list.retain(h1::Conn::is_usable);
+            list.retain(|c| c.is_usable());
             !list.is_empty()
         });
         self.shared.retain(|_, (send, _)| !send.is_closed());
@@ -102,7 +104,7 @@ pub enum Sender {
         local: Option<SocketAddr>,
     },
     /// egressd's own HTTP/1.1 client, for plaintext HTTP/1.1 upstreams; `None` once sent (the response body owns the connection then).
-    Own(Option<h1::Conn>),
+    Own(Option<Box<h1::Conn>>),
 }
 
 /// A response body from the upstream, by client.
@@ -115,7 +117,7 @@ impl Sender {
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
             Sender::Http1 { local, .. } | Sender::Http2 { local, .. } => *local,
-            Sender::Own(conn) => conn.as_ref().and_then(h1::Conn::local_addr),
+            Sender::Own(conn) => conn.as_ref().and_then(|c| c.local_addr()),
         }
     }
 
@@ -358,7 +360,7 @@ impl Pool {
     }
 
     /// The most recently used idle connection of the own client that is still usable.
-    fn own_idle_ready(&self, key: &PoolKey) -> Option<h1::Conn> {
+    fn own_idle_ready(&self, key: &PoolKey) -> Option<Box<h1::Conn>> {
         let mut shard = self.mine();
         let list = shard.own_idle.get_mut(key)?;
         while let Some(conn) = list.pop() {
@@ -403,7 +405,7 @@ impl Pool {
 
     /// Returns a connection of the own client whose response has ended, unless it has
     /// carried `maxRequestsPerConnection`.
-    pub fn checkin_h1(&self, conn: h1::Conn) {
+    pub fn checkin_h1(&self, conn: Box<h1::Conn>) {
         if self.max_requests_per_connection.is_some_and(|max| conn.uses() >= max) {
             return;
         }
