@@ -664,8 +664,9 @@ async fn plaintext_upstreams_splice_bodies_and_keep_one_connection() {
     assert!(rx > (BIG + 100_000) as u64, "spliced bytes not counted: {rx}");
 }
 
-/// An upstream that answers before it has read the request body (here: never reads it) gets
-/// its answer passed on at once, not after the route timeout; the upload is abandoned.
+/// An upstream that answers before it has read the request body gets its answer passed on at
+/// once, not after the route timeout, whether it then holds the connection without reading or
+/// closes it (the upload then fails on a reset); the upload is abandoned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_before_the_request_body_is_passed_on_at_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -674,6 +675,69 @@ async fn an_answer_before_the_request_body_is_passed_on_at_once() {
     dns.set_a("early.example.com", &[Ipv4Addr::new(127, 0, 0, 112)], 30);
     let listener = tokio::net::TcpListener::bind("127.0.0.112:80").await.unwrap();
     let origin = tokio::spawn(async move {
+        for hold in [true, false] {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await.unwrap();
+                head.push(b[0]);
+            }
+            s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            if hold {
+                // Holds the connection without reading the body.
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    drop(s);
+                });
+            }
+        }
+    });
+    let dir = config("early.example.com", "");
+    let e = start(dir.path(), &dns, LogFormat::Text).await;
+    let upload = dir.path().join("upload.bin");
+    std::fs::write(&upload, vec![b'z'; 8_000_000]).unwrap();
+    for (i, case) in ["held", "closed"].iter().enumerate() {
+        let started = std::time::Instant::now();
+        let out = curl_async(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: early.example.com",
+            "--data-binary",
+            &format!("@{}", upload.display()),
+            &gateway_url(&e, "/upload"),
+        ])
+        .await;
+        assert_eq!(stdout(&out), "413", "{case}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{case}: the early answer waited for the upload"
+        );
+        let line = e.wait_for_log_lines(i + 1, Duration::from_secs(5)).remove(i);
+        assert!(
+            line.contains("\"POST /upload HTTP/1.1\" 413 - via_upstream"),
+            "{case}: {line}"
+        );
+    }
+    origin.abort();
+}
+
+/// An upstream that sends its response head first and only then reads the request body (a
+/// streaming echo) gets the whole body: the upload goes on while the response is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_goes_on_after_the_response_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dns = TestDns::start().await;
+    dns.set_a("stream.example.com", &[Ipv4Addr::new(127, 0, 0, 113)], 30);
+    let listener = tokio::net::TcpListener::bind("127.0.0.113:80").await.unwrap();
+    tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
@@ -681,37 +745,59 @@ async fn an_answer_before_the_request_body_is_passed_on_at_once() {
             s.read_exact(&mut b).await.unwrap();
             head.push(b[0]);
         }
-        s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let length: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .expect("the upload's length is forwarded")
+            .trim()
+            .parse()
+            .unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
             .await
             .unwrap();
-        // Holds the connection without reading the body.
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        String::from_utf8_lossy(&head).into_owned()
+        let mut left = length;
+        let mut buf = vec![0u8; 16 * 1024];
+        while left > 0 {
+            let n = s.read(&mut buf[..left.min(16 * 1024)]).await.unwrap();
+            assert!(n > 0, "the upload stopped with {left} bytes to go");
+            left -= n;
+            s.write_all(format!("{n:x}\r\n").as_bytes()).await.unwrap();
+            s.write_all(&buf[..n]).await.unwrap();
+            s.write_all(b"\r\n").await.unwrap();
+        }
+        s.write_all(b"0\r\n\r\n").await.unwrap();
     });
-    let dir = config("early.example.com", "");
+    let dir = config("stream.example.com", "");
     let e = start(dir.path(), &dns, LogFormat::Text).await;
     let upload = dir.path().join("upload.bin");
-    std::fs::write(&upload, vec![b'z'; 8_000_000]).unwrap();
-    let started = std::time::Instant::now();
+    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&upload, &payload).unwrap();
+    let echoed = dir.path().join("echoed.bin");
     let out = curl_async(&[
         "-s",
+        "--max-time",
+        "20",
         "-o",
-        "/dev/null",
+        &echoed.display().to_string(),
         "-w",
         "%{http_code}",
         "-H",
-        "Host: early.example.com",
+        "Host: stream.example.com",
         "--data-binary",
         &format!("@{}", upload.display()),
-        &gateway_url(&e, "/upload"),
+        &gateway_url(&e, "/stream"),
     ])
     .await;
-    assert_eq!(stdout(&out), "413");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "the early answer waited for the upload"
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the exchange hung or failed (curl {:?})",
+        out.status
     );
-    let line = e.wait_for_log_lines(1, Duration::from_secs(5)).remove(0);
-    assert!(line.contains("\"POST /upload HTTP/1.1\" 413 - via_upstream"), "{line}");
-    origin.abort();
+    assert_eq!(stdout(&out), "200");
+    assert!(
+        std::fs::read(&echoed).unwrap() == payload,
+        "the echo differs from the upload"
+    );
 }

@@ -415,6 +415,8 @@ struct ResponseWriter<B> {
     keep_alive: bool,
     /// The pipe, once a body is spliced.
     pipe: BodySplice,
+    /// No pipe could be had: copy.
+    no_pipe: bool,
 }
 
 impl<B> ResponseWriter<B>
@@ -490,6 +492,7 @@ where
             owed,
             keep_alive,
             pipe: BodySplice::default(),
+            no_pipe: false,
         }
     }
 
@@ -501,14 +504,16 @@ where
     ) -> Poll<io::Result<()>> {
         // A plain TCP client can be handed a `Content-Length` body with splice(2); a TLS one
         // needs the bytes in user space to encrypt them.
-        let can_splice = !self.chunked && (&*io as &dyn std::any::Any).is::<TcpStream>();
+        let tcp_client = !self.chunked && (&*io as &dyn std::any::Any).is::<TcpStream>();
         loop {
-            if can_splice && self.queue.is_empty() {
+            if tcp_client && !self.no_pipe && self.queue.is_empty() {
                 ready!(self.poll_splice(cx, io))?;
             }
             while self.queue.len() + 3 <= MAX_SLICES {
                 let Some(body) = self.body.as_mut() else { break };
-                if can_splice && body.splice_source().is_some() {
+                // `no_pipe` is read here, not before the loop: running out of pipes switches
+                // to copying mid-body.
+                if tcp_client && !self.no_pipe && body.splice_source().is_some() {
                     break; // the head and any buffered bytes go first, then the splice
                 }
                 match Pin::new(body).poll_frame(cx) {
@@ -577,6 +582,12 @@ where
                     if let Some(owed) = &mut self.owed {
                         *owed = owed.saturating_sub(n as u64);
                     }
+                }
+                // Out of descriptors: the body is read and copied instead, as it would be to a
+                // TLS client.
+                Err((Side::Pipe, _)) => {
+                    self.no_pipe = true;
+                    break;
                 }
                 Err((side, e)) => {
                     if side == Side::From {

@@ -284,11 +284,13 @@ fn read_and_write(from: &TcpStream, to: &TcpStream) -> io::Result<(Burst, usize,
     Ok((burst, n, left))
 }
 
-/// Which socket a [`BodySplice`] failed on.
+/// Where a [`BodySplice`] failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     From,
     To,
+    /// No pipe could be had (out of descriptors): nothing was moved; copy instead.
+    Pipe,
 }
 
 /// Moves an HTTP body of known length from one socket to another through a pipe, for the
@@ -313,7 +315,7 @@ impl BodySplice {
     ) -> std::task::Poll<Result<usize, (Side, io::Error)>> {
         use std::task::{ready, Poll};
         if self.pipe.is_none() {
-            self.pipe = Some(take_pipe().map_err(|e| (Side::From, e))?);
+            self.pipe = Some(take_pipe().map_err(|e| (Side::Pipe, e))?);
         }
         let pipe = self.pipe.as_ref().expect("taken above");
         loop {

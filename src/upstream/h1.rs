@@ -1,4 +1,4 @@
-//! The HTTP/1.1 client for plaintext upstreams, for requests without a body (issue 6).
+//! egressd's own HTTP/1.1 client, for plaintext HTTP/1.1 upstreams (issue 6).
 //!
 //! hyper's client reads a response body into its own buffers and hands it on as frames, so a
 //! proxied body is copied into user space and out again. Here the response head is parsed with
@@ -6,8 +6,9 @@
 //! `Content-Length` body with `splice(2)` (`crate::listener::h1`), and reads it through
 //! [`Body::poll_frame`] otherwise (TLS or HTTP/2 clients, chunked or close-delimited bodies).
 //! The exchange also runs inline in the request's task, without hyper's connection task and the
-//! channel to it. Requests with a body, upgrades and TLS-originating or HTTP/2 clusters keep
-//! hyper (`crate::proxy::http::forward` decides).
+//! channel to it. TLS-originating and HTTP/2 clusters, and CONNECT, keep hyper
+//! (`crate::proxy::http::forward` decides); upgrades are not proxied (their headers are
+//! hop-by-hop), so a 101 is an upstream error here.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -97,9 +98,10 @@ pub async fn send(
     let mut upload = Upload::new(&parts, body);
     let mut buf = BytesMut::with_capacity(HEAD_READ);
     let head = poll_fn(|cx| {
-        // Send while the body has bytes and the socket room; a response may come first.
+        // Send while the body has bytes and the socket room; a response may come first, and
+        // may still be read after the upstream stopped taking the body.
         if let Poll::Ready(Err(e)) = upload.poll_send(cx, &mut conn.io) {
-            return Poll::Ready(Err(e));
+            return Poll::Ready(Err(e)); // the client's body failed
         }
         loop {
             match parse_response(&mut buf) {
@@ -114,22 +116,30 @@ pub async fn send(
             if buf.len() >= MAX_HEAD {
                 return Poll::Ready(Err("upstream response head too large".into()));
             }
-            match std::task::ready!(poll_read_buf(cx, &mut conn.io, &mut buf, HEAD_READ)) {
-                Ok(0) => return Poll::Ready(Err("upstream closed the connection before the response".into())),
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Err(e.into())),
-            }
+            let error: BoxError = match std::task::ready!(poll_read_buf(cx, &mut conn.io, &mut buf, HEAD_READ)) {
+                Ok(0) => "upstream closed the connection before the response".into(),
+                Ok(_) => continue,
+                Err(e) => e.into(),
+            };
+            // The write's failure, if any, says more (the upstream reset the upload).
+            return Poll::Ready(Err(upload.write_error.take().map_or(error, Into::into)));
         }
     })
     .await?;
-    let (parts_in, ()) = head.into_parts();
-    let framing = response_framing(&parts.method, parts_in.status, &parts_in.headers)?;
-    // A connection that switched protocols (not asked for: upgrades are not proxied) or whose
-    // request body was cut short by the response is never reused.
-    let keep_alive = framing.is_some()
-        && upload.is_done()
-        && parts_in.status != StatusCode::SWITCHING_PROTOCOLS
-        && wants_keep_alive(parts_in.version, &parts_in.headers);
+    let (mut parts_in, ()) = head.into_parts();
+    if parts_in.status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err("upstream switched protocols, which no request asked for".into());
+    }
+    let framing = response_framing(&parts.method, parts_in.status, &mut parts_in.headers)?;
+    let mut keep_alive = framing.is_some() && wants_keep_alive(parts_in.version, &parts_in.headers);
+    // The rest of the request body goes on while the response is read (an upstream may answer
+    // first and read after); one whose upload failed is not reused.
+    let upload = if upload.write_error.is_some() {
+        keep_alive = false;
+        None
+    } else {
+        (!upload.is_done()).then(|| Box::new(upload))
+    };
     let mut body = RawBody {
         conn: Some(conn),
         buf,
@@ -138,6 +148,7 @@ pub async fn send(
             None => State::UntilClose,
         },
         keep_alive,
+        upload,
         rt,
     };
     if matches!(body.state, State::Done) {
@@ -152,6 +163,9 @@ struct Upload {
     queue: VecDeque<Bytes>,
     body: Option<UpstreamBody>,
     chunked: bool,
+    /// The upstream stopped taking the request (the write failed): the rest is dropped, and
+    /// the error kept in case no response follows.
+    write_error: Option<io::Error>,
 }
 
 impl Upload {
@@ -177,11 +191,20 @@ impl Upload {
             queue,
             body: (!ended).then_some(body),
             chunked,
+            write_error: None,
         }
     }
 
+    /// The whole request went out.
     fn is_done(&self) -> bool {
-        self.queue.is_empty() && self.body.is_none()
+        self.queue.is_empty() && self.body.is_none() && self.write_error.is_none()
+    }
+
+    fn stop(&mut self, error: io::Error) -> Poll<Result<(), BoxError>> {
+        self.queue.clear();
+        self.body = None;
+        self.write_error = Some(error);
+        Poll::Ready(Ok(()))
     }
 
     /// Writes what can be written now; `Ready(Ok)` once all of it went, `Pending` while the
@@ -227,10 +250,11 @@ impl Upload {
             for (slot, piece) in slices.iter_mut().zip(self.queue.iter()) {
                 *slot = IoSlice::new(piece);
             }
-            let mut n = std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-            }
+            let mut n = match std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count])) {
+                Ok(0) => return self.stop(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) => return self.stop(e),
+            };
             while n > 0 {
                 let Some(front) = self.queue.front_mut() else { break };
                 if n >= front.len() {
@@ -298,8 +322,10 @@ fn parse_response(buf: &mut BytesMut) -> Result<Option<Response<()>>, BoxError> 
     Ok(Some(response))
 }
 
-/// RFC 9112 §6.3 for a response: `None` when the body ends with the connection.
-fn response_framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Option<Framing>, BoxError> {
+/// RFC 9112 §6.3 for a response: `None` when the body ends with the connection. As strict as
+/// Envoy: `Transfer-Encoding` with `Content-Length` (a response-splitting vector) and lengths
+/// that differ or are not digits are errors; a repeated length is passed on once.
+fn response_framing(method: &Method, status: StatusCode, headers: &mut HeaderMap) -> Result<Option<Framing>, BoxError> {
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -308,6 +334,9 @@ fn response_framing(method: &Method, status: StatusCode, headers: &HeaderMap) ->
         return Ok(Some(Framing::Empty));
     }
     if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err("upstream response with both transfer-encoding and content-length".into());
+        }
         let chunked = last
             .to_str()
             .ok()
@@ -316,14 +345,23 @@ fn response_framing(method: &Method, status: StatusCode, headers: &HeaderMap) ->
         return Ok(chunked.then_some(Framing::Chunked));
     }
     let mut length = None;
+    let mut repeated = false;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.to_str()?.split(',') {
-            let n: u64 = part.trim().parse()?;
+            let part = part.trim();
+            if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("upstream response with an invalid content-length".into());
+            }
+            let n: u64 = part.parse()?;
             if length.is_some_and(|l| l != n) {
                 return Err("upstream response with differing content-lengths".into());
             }
+            repeated |= length.is_some();
             length = Some(n);
         }
+    }
+    if let (true, Some(n)) = (repeated, length) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     Ok(match length {
         Some(0) => Some(Framing::Empty),
@@ -361,6 +399,8 @@ pub struct RawBody {
     buf: BytesMut,
     state: State,
     keep_alive: bool,
+    /// The rest of the request body, when the response came before all of it went.
+    upload: Option<Box<Upload>>,
     rt: Arc<ClusterRuntime>,
 }
 
@@ -370,7 +410,9 @@ impl RawBody {
     /// and report them with [`RawBody::spliced`].
     pub fn splice_source(&self) -> Option<(&TcpStream, u64)> {
         match (&self.state, &self.conn) {
-            (State::Decode(Decoder::Length(left)), Some(conn)) if *left > 0 && self.buf.is_empty() => {
+            (State::Decode(Decoder::Length(left)), Some(conn))
+                if *left > 0 && self.buf.is_empty() && self.upload.is_none() =>
+            {
                 Some((conn.io.tcp(), *left))
             }
             _ => None,
@@ -393,7 +435,7 @@ impl RawBody {
     fn finish(&mut self) {
         self.state = State::Done;
         if let Some(conn) = self.conn.take() {
-            if self.keep_alive && self.buf.is_empty() {
+            if self.keep_alive && self.buf.is_empty() && self.upload.is_none() {
                 self.rt.pool.checkin_h1(conn);
             }
         }
@@ -406,6 +448,21 @@ impl Body for RawBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let (Some(upload), Some(conn)) = (this.upload.as_mut(), this.conn.as_mut()) {
+            match upload.poll_send(cx, &mut conn.io) {
+                Poll::Ready(Ok(())) => {
+                    this.keep_alive &= upload.write_error.is_none();
+                    this.upload = None;
+                }
+                // The client's request body failed: the exchange cannot complete.
+                Poll::Ready(Err(e)) => {
+                    this.state = State::Done;
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => {}
+            }
+        }
         loop {
             match &mut this.state {
                 State::Done => return Poll::Ready(None),
@@ -493,7 +550,7 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        response_framing(&method, StatusCode::from_u16(status).unwrap(), &map)
+        response_framing(&method, StatusCode::from_u16(status).unwrap(), &mut map)
     }
 
     #[test]
@@ -516,10 +573,15 @@ mod tests {
             Some(Framing::Empty)
         );
         assert_eq!(framing_of(Method::GET, 204, &[]).unwrap(), Some(Framing::Empty));
-        // Transfer-Encoding wins over Content-Length; a last coding other than chunked, or no
-        // framing at all, runs until the close.
-        let chunked = [("transfer-encoding", "gzip, chunked"), ("content-length", "5")];
+        // A last coding of chunked is chunked; another one, or no framing at all, runs until the
+        // close.
+        let chunked = [("transfer-encoding", "gzip, chunked")];
         assert_eq!(framing_of(Method::GET, 200, &chunked).unwrap(), Some(Framing::Chunked));
+        let both = [("transfer-encoding", "chunked"), ("content-length", "5")];
+        assert!(
+            framing_of(Method::GET, 200, &both).is_err(),
+            "a response-splitting vector"
+        );
         assert_eq!(
             framing_of(Method::GET, 200, &[("transfer-encoding", "gzip")]).unwrap(),
             None
@@ -532,6 +594,13 @@ mod tests {
         );
         assert!(framing_of(Method::GET, 200, &[("content-length", "7"), ("content-length", "8")]).is_err());
         assert!(framing_of(Method::GET, 200, &[("content-length", "-1")]).is_err());
+        assert!(framing_of(Method::GET, 200, &[("content-length", "+5")]).is_err());
+        // A repeated length is passed on once.
+        let mut map = HeaderMap::new();
+        map.append(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+        map.append(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+        response_framing(&Method::GET, StatusCode::OK, &mut map).unwrap();
+        assert_eq!(map.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["7"]);
     }
 
     #[test]

@@ -203,6 +203,7 @@ impl Pool {
         let mut waiting: Option<PendingGuard<'_>> = None;
         // This worker's connection count for `key`, looked up only when none is idle.
         let mut live: Option<Arc<AtomicUsize>> = None;
+        let mut swept = false;
         let started = tokio::time::Instant::now();
         let slot = loop {
             if own {
@@ -218,6 +219,13 @@ impl Pool {
             }
             if let Some(slot) = rt.reserve() {
                 break slot;
+            }
+            // Closed idle connections may hold the slots: free them and look again.
+            if !swept {
+                swept = true;
+                if self.sweep_own_idle() {
+                    continue;
+                }
             }
             let live = live.get_or_insert_with(|| self.live_here(&key));
             if live.load(Ordering::Acquire) == 0 {
@@ -359,16 +367,27 @@ impl Pool {
         found
     }
 
-    /// The most recently used idle connection of the own client that is still usable.
+    /// The most recently used idle connection of the own client. Nothing watches an idle
+    /// connection (hyper's connection task did): those the upstream closed meanwhile are
+    /// dropped here, which frees their descriptor and `maxConnections` slot. The check costs a
+    /// system call only for a socket epoll reported something on.
     fn own_idle_ready(&self, key: &PoolKey) -> Option<Box<h1::Conn>> {
         let mut shard = self.mine();
         let list = shard.own_idle.get_mut(key)?;
-        while let Some(conn) = list.pop() {
-            if conn.is_usable() {
-                return Some(conn);
-            }
-        }
-        None
+        list.retain(|c| c.is_usable());
+        list.pop()
+    }
+
+    /// Drops this worker's idle own-client connections to every endpoint that the upstream
+    /// closed; asked when the cluster is out of connection slots.
+    fn sweep_own_idle(&self) -> bool {
+        let mut shard = self.mine();
+        let before: usize = shard.own_idle.values().map(Vec::len).sum();
+        shard.own_idle.retain(|_, list| {
+            list.retain(|c| c.is_usable());
+            !list.is_empty()
+        });
+        shard.own_idle.values().map(Vec::len).sum::<usize>() < before
     }
 
     fn shared_ready(&self, key: &PoolKey) -> Option<SharedHttp2> {
