@@ -89,6 +89,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     ))
 }
 
+/// How often each worker drops the idle upstream connections (of egressd's own HTTP/1.1
+/// client) that the upstream closed: nothing waits on an idle connection, so without this a
+/// closed one would hold its descriptor, `upstream_cx_active` and its `maxConnections` slot
+/// until its endpoint is next used. Envoy notices at once; here within this period.
+const IDLE_SWEEP: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs on each worker: its pools are per worker (`crate::upstream::pool`).
+async fn sweep_idle_upstreams(shared: Arc<crate::proxy::Shared>) {
+    let mut tick = tokio::time::interval(IDLE_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for cluster in shared.clusters.all() {
+            cluster.pool.sweep_own_idle();
+        }
+    }
+}
+
 async fn serve(
     bootstrap: Bootstrap,
     config_paths: Vec<std::path::PathBuf>,
@@ -134,6 +152,9 @@ async fn serve(
         shared: Mutex::new(Some(shared.clone())),
         drain: drain.clone(),
     });
+    for worker in workers.handles() {
+        worker.spawn(sweep_idle_upstreams(shared.clone()));
+    }
     let listeners = Arc::new(crate::listener::Listeners::new(
         shared.clone(),
         state.snapshot.clone(),

@@ -801,3 +801,46 @@ async fn the_upload_goes_on_after_the_response_head() {
         "the echo differs from the upload"
     );
 }
+
+/// An idle pooled connection that the upstream closes is released within seconds (its
+/// descriptor, `upstream_cx_active`, its `maxConnections` slot), although no request asks for
+/// the endpoint again: Envoy notices a remote close at once, egressd's own client on a sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_closed_by_the_upstream_are_released() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dns = TestDns::start().await;
+    dns.set_a("closing.example.com", &[Ipv4Addr::new(127, 0, 0, 114)], 30);
+    let listener = tokio::net::TcpListener::bind("127.0.0.114:80").await.unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        // The upstream's keep-alive timeout, short.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(s);
+        std::future::pending::<()>().await;
+    });
+    let dir = config("closing.example.com", "");
+    let e = start(dir.path(), &dns, LogFormat::Text).await;
+    let out = curl_status(&gateway_url(&e, "/"), &["-H", "Host: closing.example.com"]).await;
+    assert_eq!(stdout(&out), "200");
+    let active = "cluster.outbound|80||closing.example.com.upstream_cx_active";
+    assert_eq!(e.stat(active), Some(1), "the connection is pooled");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while e.stat(active) != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed idle connection is still held: {active} = {:?}",
+            e.stat(active)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -379,8 +379,9 @@ impl Pool {
     }
 
     /// Drops this worker's idle own-client connections to every endpoint that the upstream
-    /// closed; asked when the cluster is out of connection slots.
-    fn sweep_own_idle(&self) -> bool {
+    /// closed; asked when the cluster is out of connection slots, and every few seconds
+    /// (`crate::app`). True when one was dropped.
+    pub fn sweep_own_idle(&self) -> bool {
         let mut shard = self.mine();
         let before: usize = shard.own_idle.values().map(Vec::len).sum();
         shard.own_idle.retain(|_, list| {
