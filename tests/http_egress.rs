@@ -44,6 +44,19 @@ fn gateway_url(e: &Egressd, path: &str) -> String {
 }
 
 /// The fields of one TEXT access-log line, split as Istio's format lays them out.
+/// Reads a request head off a hand-written origin's connection (byte by byte: nothing of the
+/// body is taken).
+async fn read_request_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 fn fields(line: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = line.trim_end();
@@ -669,7 +682,7 @@ async fn plaintext_upstreams_splice_bodies_and_keep_one_connection() {
 /// closes it (the upload then fails on a reset); the upload is abandoned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_before_the_request_body_is_passed_on_at_once() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     let dns = TestDns::start().await;
     dns.set_a("early.example.com", &[Ipv4Addr::new(127, 0, 0, 112)], 30);
@@ -677,12 +690,7 @@ async fn an_answer_before_the_request_body_is_passed_on_at_once() {
     let origin = tokio::spawn(async move {
         for hold in [true, false] {
             let (mut s, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut b = [0u8; 1];
-                s.read_exact(&mut b).await.unwrap();
-                head.push(b[0]);
-            }
+            read_request_head(&mut s).await;
             s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
                 .await
                 .unwrap();
@@ -739,13 +747,8 @@ async fn the_upload_goes_on_after_the_response_head() {
     let listener = tokio::net::TcpListener::bind("127.0.0.113:80").await.unwrap();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b).await.unwrap();
-            head.push(b[0]);
-        }
-        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let head = read_request_head(&mut s).await;
+        let text = head.to_ascii_lowercase();
         let length: usize = text
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
@@ -807,19 +810,14 @@ async fn the_upload_goes_on_after_the_response_head() {
 /// the endpoint again: Envoy notices a remote close at once, egressd's own client on a sweep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_closed_by_the_upstream_are_released() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     let dns = TestDns::start().await;
     dns.set_a("closing.example.com", &[Ipv4Addr::new(127, 0, 0, 114)], 30);
     let listener = tokio::net::TcpListener::bind("127.0.0.114:80").await.unwrap();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b).await.unwrap();
-            head.push(b[0]);
-        }
+        read_request_head(&mut s).await;
         s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             .await
             .unwrap();

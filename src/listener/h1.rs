@@ -221,7 +221,8 @@ where
     Ok(written && body_intact && pump.is_none() && !drain.is_draining())
 }
 
-fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
+/// Whether the other side keeps the connection after this message (RFC 9112 §9.3).
+pub fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
     let has = |token: &str| {
         headers
             .get_all(header::CONNECTION)
@@ -405,10 +406,77 @@ fn date_header(out: &mut BytesMut) {
     });
 }
 
+/// Header lines, `name: value\r\n` each.
+pub fn write_headers(out: &mut BytesMut, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Pieces of a message waiting to go out, written with vectored writes (both directions of the
+/// HTTP/1.1 codec: responses here, requests in `crate::upstream::h1`).
+#[derive(Default)]
+pub struct WriteQueue(std::collections::VecDeque<Bytes>);
+
+impl WriteQueue {
+    /// Room left for pieces in the next write.
+    pub fn room(&self) -> usize {
+        MAX_SLICES.saturating_sub(self.0.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub fn push(&mut self, piece: Bytes) {
+        if !piece.is_empty() {
+            self.0.push_back(piece);
+        }
+    }
+
+    /// `data` as one chunk of the chunked transfer coding (three pieces).
+    pub fn push_chunk(&mut self, data: Bytes) {
+        self.push(Bytes::from(format!("{:x}\r\n", data.len())));
+        self.push(data);
+        self.push(Bytes::from_static(b"\r\n"));
+    }
+
+    /// One vectored write of the first pieces; `Ready(Ok)` once some bytes went.
+    pub fn poll_write<S: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, io: &mut S) -> Poll<io::Result<()>> {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let count = self.0.len().min(MAX_SLICES);
+        for (slot, piece) in slices.iter_mut().zip(self.0.iter()) {
+            *slot = IoSlice::new(piece);
+        }
+        let mut n = ready!(Pin::new(io).poll_write_vectored(cx, &slices[..count]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        while n > 0 {
+            let Some(front) = self.0.front_mut() else { break };
+            if n >= front.len() {
+                n -= front.len();
+                self.0.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// Writes one response: its head, then its body (Content-Length, chunked, or until close).
 struct ResponseWriter<B> {
     body: Option<B>,
-    queue: std::collections::VecDeque<Bytes>,
+    queue: WriteQueue,
     chunked: bool,
     /// Body bytes still owed under a Content-Length.
     owed: Option<u64>,
@@ -444,12 +512,7 @@ where
             .and_then(|v| v.trim().parse::<u64>().ok());
         let mut head = BytesMut::with_capacity(256 + parts.headers.len() * 48);
         status_line(&mut head, version, status);
-        for (name, value) in &parts.headers {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
+        write_headers(&mut head, &parts.headers);
         // The framing the upstream did not declare: a known length, chunked, or the close.
         let mut chunked = false;
         let known = if body.is_end_stream() {
@@ -482,8 +545,8 @@ where
             _ => {}
         }
         head.extend_from_slice(b"\r\n");
-        let mut queue = std::collections::VecDeque::with_capacity(4);
-        queue.push_back(head.freeze());
+        let mut queue = WriteQueue::default();
+        queue.push(head.freeze());
         ResponseWriter {
             // A body that may not be sent is dropped now (its log line is written then).
             body: (!no_body_allowed).then_some(body),
@@ -509,7 +572,7 @@ where
             if tcp_client && !self.no_pipe && self.queue.is_empty() {
                 ready!(self.poll_splice(cx, io))?;
             }
-            while self.queue.len() + 3 <= MAX_SLICES {
+            while self.queue.room() >= 3 {
                 let Some(body) = self.body.as_mut() else { break };
                 // `no_pipe` is read here, not before the loop: running out of pipes switches
                 // to copying mid-body.
@@ -525,7 +588,7 @@ where
                     Poll::Ready(None) => {
                         self.body = None;
                         if self.chunked {
-                            self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                            self.queue.push(Bytes::from_static(b"0\r\n\r\n"));
                         } else if self.owed.is_some_and(|n| n > 0) {
                             return Poll::Ready(Err(io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
@@ -545,16 +608,7 @@ where
                     Poll::Pending
                 };
             }
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let count = self.queue.len().min(MAX_SLICES);
-            for (slot, piece) in slices.iter_mut().zip(self.queue.iter()) {
-                *slot = IoSlice::new(piece);
-            }
-            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.advance(n);
+            ready!(self.queue.poll_write(cx, &mut *io))?;
         }
     }
 
@@ -605,9 +659,7 @@ where
             return Ok(());
         }
         if self.chunked {
-            self.queue.push_back(Bytes::from(format!("{:x}\r\n", data.len())));
-            self.queue.push_back(data);
-            self.queue.push_back(Bytes::from_static(b"\r\n"));
+            self.queue.push_chunk(data);
             return Ok(());
         }
         if let Some(owed) = &mut self.owed {
@@ -620,20 +672,7 @@ where
             }
             *owed -= len;
         }
-        self.queue.push_back(data);
+        self.queue.push(data);
         Ok(())
-    }
-
-    fn advance(&mut self, mut n: usize) {
-        while n > 0 {
-            let Some(front) = self.queue.front_mut() else { return };
-            if n >= front.len() {
-                n -= front.len();
-                self.queue.pop_front();
-            } else {
-                front.advance(n);
-                return;
-            }
-        }
     }
 }

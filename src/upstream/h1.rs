@@ -10,9 +10,8 @@
 //! (`crate::proxy::http::forward` decides); upgrades are not proxied (their headers are
 //! hop-by-hop), so a 101 is an upstream error here.
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,12 +21,11 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::cluster::{ClusterRuntime, CountedStream};
 use super::pool::{BoxError, PoolKey, UpstreamBody};
-use crate::listener::h1::{poll_read_buf, Decoder, Framing};
+use crate::listener::h1::{poll_read_buf, wants_keep_alive, write_headers, Decoder, Framing, WriteQueue};
 
 /// Bound on a response head, as Envoy's default `max_request_headers_kb` (60 KiB) for the
 /// upstream codec, and on its header count (Envoy's `max_headers_count`).
@@ -37,8 +35,6 @@ const MAX_HEADERS: usize = 100;
 const HEAD_READ: usize = 8 * 1024;
 /// Bytes read per call while a body is read through user space.
 const BODY_READ: usize = 64 * 1024;
-/// Request pieces gathered into one vectored write.
-const MAX_SLICES: usize = 16;
 
 /// An upstream connection this client owns: pooled while idle, owned by the response body
 /// while one is in flight.
@@ -160,7 +156,7 @@ pub async fn send(
 /// The request going out: its head, then its body, framed.
 struct Upload {
     /// Encoded bytes not yet written (the head, chunk framing, body data).
-    queue: VecDeque<Bytes>,
+    queue: WriteQueue,
     body: Option<UpstreamBody>,
     chunked: bool,
     /// The upstream stopped taking the request (the write failed): the rest is dropped, and
@@ -185,8 +181,8 @@ impl Upload {
             }
         }
         head.extend_from_slice(b"\r\n");
-        let mut queue = VecDeque::with_capacity(4);
-        queue.push_back(head.freeze());
+        let mut queue = WriteQueue::default();
+        queue.push(head.freeze());
         Upload {
             queue,
             body: (!ended).then_some(body),
@@ -211,7 +207,7 @@ impl Upload {
     /// socket or the body has nothing more for now.
     fn poll_send(&mut self, cx: &mut Context<'_>, io: &mut CountedStream) -> Poll<Result<(), BoxError>> {
         loop {
-            while self.queue.len() < MAX_SLICES - 2 {
+            while self.queue.room() >= 3 {
                 let Some(body) = self.body.as_mut() else { break };
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -220,18 +216,16 @@ impl Upload {
                                 continue;
                             }
                             if self.chunked {
-                                self.queue.push_back(Bytes::from(format!("{:x}\r\n", data.len())));
-                                self.queue.push_back(data);
-                                self.queue.push_back(Bytes::from_static(b"\r\n"));
+                                self.queue.push_chunk(data);
                             } else {
-                                self.queue.push_back(data);
+                                self.queue.push(data);
                             }
                         }
                     }
                     Poll::Ready(None) => {
                         self.body = None;
                         if self.chunked {
-                            self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                            self.queue.push(Bytes::from_static(b"0\r\n\r\n"));
                         }
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
@@ -245,25 +239,8 @@ impl Upload {
                     Poll::Pending
                 };
             }
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let count = self.queue.len().min(MAX_SLICES);
-            for (slot, piece) in slices.iter_mut().zip(self.queue.iter()) {
-                *slot = IoSlice::new(piece);
-            }
-            let mut n = match std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count])) {
-                Ok(0) => return self.stop(io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(e) => return self.stop(e),
-            };
-            while n > 0 {
-                let Some(front) = self.queue.front_mut() else { break };
-                if n >= front.len() {
-                    n -= front.len();
-                    self.queue.pop_front();
-                } else {
-                    bytes::Buf::advance(front, n);
-                    n = 0;
-                }
+            if let Err(e) = std::task::ready!(self.queue.poll_write(cx, &mut *io)) {
+                return self.stop(e);
             }
         }
     }
@@ -277,12 +254,7 @@ fn encode_head(parts: &http::request::Parts) -> BytesMut {
     head.extend_from_slice(b" ");
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
+    write_headers(&mut head, &parts.headers);
     head
 }
 
@@ -368,21 +340,6 @@ fn response_framing(method: &Method, status: StatusCode, headers: &mut HeaderMap
         Some(n) => Some(Framing::Length(n)),
         None => None,
     })
-}
-
-fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    match version {
-        Version::HTTP_11 => !has("close"),
-        _ => has("keep-alive"),
-    }
 }
 
 enum State {
