@@ -676,3 +676,129 @@ where
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A `Content-Length` body still on a socket, as egressd's upstream client leaves it; counts
+    /// the bytes read through user space and those spliced past it.
+    struct SocketBody {
+        io: TcpStream,
+        left: u64,
+        read: Arc<AtomicU64>,
+        spliced: Arc<AtomicU64>,
+    }
+
+    impl Body for SocketBody {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame, BoxError>>> {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            let mut buf = vec![0u8; self.left.min(8192) as usize];
+            let mut rb = ReadBuf::new(&mut buf);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == 0 {
+                return Poll::Ready(Some(Err("closed early".into())));
+            }
+            self.left -= n as u64;
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::copy_from_slice(&buf[..n])))))
+        }
+    }
+
+    type Frame = http_body::Frame<Bytes>;
+
+    impl Splice for SocketBody {
+        fn splice_source(&self) -> Option<(&TcpStream, u64)> {
+            (self.left > 0).then_some((&self.io, self.left))
+        }
+
+        fn spliced(&mut self, n: u64) {
+            self.left -= n;
+            self.spliced.fetch_add(n, Ordering::Relaxed);
+        }
+
+        fn upstream_broken(&mut self) {}
+    }
+
+    async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let a = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (b, _) = listener.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// Writes a response whose 300,000-byte body waits on an "upstream" socket to a plain TCP
+    /// "client"; returns what the client got, and the bytes read and spliced.
+    async fn serve_body(pipe: BodySplice) -> (Vec<u8>, u64, u64) {
+        const LEN: usize = 300_000;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut origin, upstream) = pair(&listener).await;
+        let (mut client, mut downstream) = pair(&listener).await;
+        let payload: Vec<u8> = (0..LEN as u32).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        tokio::spawn(async move { origin.write_all(&sent).await.unwrap() });
+        let (read, spliced) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let body = SocketBody {
+            io: upstream,
+            left: LEN as u64,
+            read: read.clone(),
+            spliced: spliced.clone(),
+        };
+        let response = Response::builder()
+            .header(header::CONTENT_LENGTH, LEN)
+            .body(body)
+            .unwrap();
+        let mut writer = ResponseWriter::new(response, false, Version::HTTP_11, true);
+        writer.pipe = pipe;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < LEN || find_body(&got).is_none_or(|at| got.len() - at < LEN) {
+                let mut chunk = [0u8; 65536];
+                let n = client.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the client's connection ended early");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            got
+        });
+        poll_fn(|cx| writer.poll_write(cx, &mut downstream)).await.unwrap();
+        let got = reader.await.unwrap();
+        let at = find_body(&got).unwrap();
+        assert!(got[at..] == payload[..], "the body arrived changed");
+        (
+            got[..at].to_vec(),
+            read.load(Ordering::Relaxed),
+            spliced.load(Ordering::Relaxed),
+        )
+    }
+
+    fn find_body(got: &[u8]) -> Option<usize> {
+        got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    }
+
+    /// To a plain TCP client a `Content-Length` body is spliced, none of it read.
+    #[tokio::test]
+    async fn a_length_body_is_spliced_to_a_tcp_client() {
+        let (head, read, spliced) = serve_body(BodySplice::default()).await;
+        assert!(String::from_utf8_lossy(&head).contains("content-length: 300000\r\n"));
+        assert_eq!((read, spliced), (0, 300_000));
+    }
+
+    /// Out of descriptors (no pipe to be had), the same body is read and copied instead of
+    /// failing the response.
+    #[tokio::test]
+    async fn without_pipes_the_body_is_copied() {
+        let (_, read, spliced) = serve_body(BodySplice::without_pipes()).await;
+        assert_eq!((read, spliced), (300_000, 0));
+    }
+}

@@ -296,14 +296,35 @@ pub enum Side {
 /// Moves an HTTP body of known length from one socket to another through a pipe, for the
 /// HTTP/1.1 codec (`crate::listener::h1`): the body never enters user space. The pipe is taken
 /// on the first move and given back (drained, or emptied) when this is dropped.
-#[derive(Default)]
 pub struct BodySplice {
     pipe: Option<Pipe>,
     /// Bytes in the pipe, read from `from` but not yet written to `to`.
     in_pipe: usize,
+    /// Where pipes come from (tests make it fail).
+    take: fn() -> io::Result<Pipe>,
+}
+
+impl Default for BodySplice {
+    fn default() -> Self {
+        BodySplice {
+            pipe: None,
+            in_pipe: 0,
+            take: take_pipe,
+        }
+    }
 }
 
 impl BodySplice {
+    /// One that can get no pipe, as when the process is out of descriptors.
+    #[cfg(test)]
+    pub(crate) fn without_pipes() -> BodySplice {
+        BodySplice {
+            pipe: None,
+            in_pipe: 0,
+            take: || Err(io::Error::from_raw_os_error(libc::EMFILE)),
+        }
+    }
+
     /// Moves at most `max` bytes (`max` > 0) from `from` to `to`. `Ready(Ok(n))`: `n` bytes
     /// reached `to`; `Ready(Ok(0))`: `from` ended before sending anything.
     pub fn poll_move(
@@ -315,7 +336,7 @@ impl BodySplice {
     ) -> std::task::Poll<Result<usize, (Side, io::Error)>> {
         use std::task::{ready, Poll};
         if self.pipe.is_none() {
-            self.pipe = Some(take_pipe().map_err(|e| (Side::Pipe, e))?);
+            self.pipe = Some((self.take)().map_err(|e| (Side::Pipe, e))?);
         }
         let pipe = self.pipe.as_ref().expect("taken above");
         loop {
