@@ -171,14 +171,14 @@ impl Upload {
         let mut head = encode_head(parts);
         // The client's Content-Length when it gave one (its codec checked the body against
         // it), else the known size, else chunked.
-        let chunked = !ended && !parts.headers.contains_key(header::CONTENT_LENGTH) && length.is_none();
-        if !ended && !parts.headers.contains_key(header::CONTENT_LENGTH) {
-            match length {
-                Some(n) => {
-                    let _ = std::fmt::Write::write_fmt(&mut head, format_args!("content-length: {n}\r\n"));
-                }
-                None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        let framed_by_client = ended || parts.headers.contains_key(header::CONTENT_LENGTH);
+        let chunked = !framed_by_client && length.is_none();
+        match length {
+            _ if framed_by_client => {}
+            Some(n) => {
+                let _ = std::fmt::Write::write_fmt(&mut head, format_args!("content-length: {n}\r\n"));
             }
+            None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
         head.extend_from_slice(b"\r\n");
         let mut queue = WriteQueue::default();

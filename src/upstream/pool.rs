@@ -367,15 +367,19 @@ impl Pool {
         found
     }
 
-    /// The most recently used idle connection of the own client. Nothing watches an idle
-    /// connection (hyper's connection task did): those the upstream closed meanwhile are
-    /// dropped here, which frees their descriptor and `maxConnections` slot. The check costs a
-    /// system call only for a socket epoll reported something on.
+    /// The most recently used idle connection of the own client that is still usable; those
+    /// the upstream closed are dropped on the way (the rest by the periodic sweep, so a request
+    /// does not scan the whole list). The check costs a system call only for a socket epoll
+    /// reported something on.
     fn own_idle_ready(&self, key: &PoolKey) -> Option<Box<h1::Conn>> {
         let mut shard = self.mine();
         let list = shard.own_idle.get_mut(key)?;
-        list.retain(|c| c.is_usable());
-        list.pop()
+        while let Some(conn) = list.pop() {
+            if conn.is_usable() {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     /// Drops this worker's idle own-client connections to every endpoint that the upstream
