@@ -149,6 +149,18 @@ def proc_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def cpu_busy():
+    """Busy seconds of each CPU so far (all but idle and iowait), from /proc/stat."""
+    busy = []
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *vals = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                v = [int(x) for x in vals]
+                busy.append((sum(v[:8]) - v[3] - v[4]) / CLK_TCK)
+    return busy
+
+
 def proc_status(pid):
     out = {}
     with open(f"/proc/{pid}/status") as f:
@@ -635,6 +647,7 @@ def measure(scenario, target, env, args):
         if kind == "bulk":
             run_bulk(tls_addr, 0, max_downloads=1)  # warm-up
             cpu0 = proc_cpu(pid) if pid else None
+            busy0, t0 = cpu_busy(), time.monotonic()
             profile = start_perf(pid, name, target, args) if pid else None
             res = run_bulk(tls_addr, args.duration)
             finish_perf(profile)
@@ -654,9 +667,12 @@ def measure(scenario, target, env, args):
                     return run_wrk(url, addr, seconds, close, cpus=cpus)
             load(args.warmup)
             cpu0 = proc_cpu(pid) if pid else None
+            busy0, t0 = cpu_busy(), time.monotonic()
             profile = start_perf(pid, name, target, args) if pid else None
             res = load(args.duration)
             finish_perf(profile)
+        elapsed = time.monotonic() - t0
+        res["cpu_busy_pct"] = [100 * (b - a) / elapsed for a, b in zip(busy0, cpu_busy())]
         if pid:
             res["cpu_s"] = proc_cpu(pid) - cpu0
             st = proc_status(pid)
@@ -725,8 +741,11 @@ def summary_line(name, target, r, res):
         cpu = (f", proxy CPU {res['cpu_s']:.2f}s = {res['cpu_per_10k']:.3f} s/10k req, "
                f"{res['cpu_per_gib']:.3f} s/GiB, peak RSS {res['hwm_kib'] / 1024:.1f} MiB")
     latency = "" if res["p50_ms"] is None else f", p50 {res['p50_ms']:.2f} ms, p99 {res['p99_ms']:.2f} ms"
+    busy = ""
+    if res.get("cpu_busy_pct"):
+        busy = ", CPUs busy " + "/".join(f"{b:.0f}%" for b in res["cpu_busy_pct"])
     log(f"  [{name} r{r} {target}] {res['rps']:.0f} req/s, {res['mbps']:.1f} MB/s{latency}, "
-        f"errors {res['errors']}{cpu}")
+        f"errors {res['errors']}{cpu}{busy}")
 
 
 def med(values):
