@@ -672,7 +672,12 @@ def measure(scenario, target, env, args):
             res = load(args.duration)
             finish_perf(profile)
         elapsed = time.monotonic() - t0
-        res["cpu_busy_pct"] = [100 * (b - a) / elapsed for a, b in zip(busy0, cpu_busy())]
+        busy = [b - a for a, b in zip(busy0, cpu_busy())]
+        res["cpu_busy_pct"] = [100 * b / elapsed for b in busy]
+        # The whole machine's CPU (proxy, client, origin, kernel): where a proxy moves work to
+        # the CPU the client and origin share, its own figure alone would flatter it.
+        res["machine_per_10k"] = sum(busy) / res["requests"] * 1e4 if res["requests"] else float("nan")
+        res["machine_per_gib"] = sum(busy) / (res["bytes"] / GIB) if res["bytes"] else float("nan")
         if pid:
             res["cpu_s"] = proc_cpu(pid) - cpu0
             st = proc_status(pid)
@@ -804,7 +809,10 @@ def aggregate(results, name, t):
     if not runs:
         return None
     a = {k: med([x.get(k) for x in runs]) for k in
-         ("rps", "mbps", "p50_ms", "p99_ms", "cpu_per_10k", "cpu_per_gib", "hwm_kib", "per_conn_kib")}
+         ("rps", "mbps", "p50_ms", "p99_ms", "cpu_per_10k", "cpu_per_gib", "hwm_kib", "per_conn_kib",
+          "machine_per_10k", "machine_per_gib")}
+    busy = [x["cpu_busy_pct"] for x in runs if x.get("cpu_busy_pct")]
+    a["busy"] = [med(list(col)) for col in zip(*busy)] if busy else None
     a["errors"] = sum(x["errors"] for x in runs)
     a["closed"] = sum(x["conns"] - x["alive"] for x in runs if "alive" in x)
     if "conns" in runs[0]:
@@ -829,8 +837,9 @@ def report(results, scenarios, proxy_starts, args, meta):
              f"origin pinned to CPU 1 (workers-*: nothing pinned, 1 or 2 proxy workers); loopback only; "
              f"access logs off; STATIC endpoints (no DNS).{' Profiled with perf (CPU figures inflated).' if meta.get('perf') else ''}")
     L.append("")
-    L.append("| scenario | target | req/s | MB/s | p50 ms | p99 ms | errors | proxy CPU | proxy peak RSS MiB |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("| scenario | target | req/s | MB/s | p50 ms | p99 ms | errors | proxy CPU | proxy peak RSS MiB | "
+             "machine CPU | CPUs busy |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for sc in scenarios:
         name = sc[0]
         if sc[1].startswith("idle"):
@@ -841,15 +850,18 @@ def report(results, scenarios, proxy_starts, args, meta):
                 continue
             if name in PER_GIB:
                 cpu = f"{fmt(a['cpu_per_gib'], 3)} s/GiB" if a["cpu_per_gib"] is not None else "-"
+                machine = f"{fmt(a['machine_per_gib'], 3)} s/GiB" if a["machine_per_gib"] is not None else "-"
             else:
                 cpu = f"{fmt(a['cpu_per_10k'], 3)} s/10k req" if a["cpu_per_10k"] is not None else "-"
+                machine = f"{fmt(a['machine_per_10k'], 3)} s/10k req" if a["machine_per_10k"] is not None else "-"
             rss = fmt(a["hwm_kib"] / 1024, 1) if a["hwm_kib"] else "-"
+            busy = "/".join(f"{b:.0f}%" for b in a["busy"]) if a.get("busy") else "-"
             L.append(f"| {name} | {t} | {fmt(a['rps'], 1)} | {fmt(a['mbps'], 1)} | {fmt(a['p50_ms'])} | "
-                     f"{fmt(a['p99_ms'])} | {a['errors']} | {cpu} | {rss} |")
+                     f"{fmt(a['p99_ms'])} | {a['errors']} | {cpu} | {rss} | {machine} | {busy} |")
     L.append("")
     L.append("| scenario | egressd/Envoy req/s | egressd/Envoy CPU | egressd/Envoy p99 | "
-             "egressd/Envoy peak RSS | egressd/direct req/s |")
-    L.append("|---|---:|---:|---:|---:|---:|")
+             "egressd/Envoy peak RSS | egressd/direct req/s | egressd/Envoy machine CPU |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
     for sc in scenarios:
         name = sc[0]
         if sc[1].startswith("idle"):
@@ -858,9 +870,10 @@ def report(results, scenarios, proxy_starts, args, meta):
         if not e or not v:
             continue
         cpu_key = "cpu_per_gib" if name in PER_GIB else "cpu_per_10k"
+        machine_key = "machine_per_gib" if name in PER_GIB else "machine_per_10k"
         L.append(f"| {name} | {ratio(e['rps'], v['rps'])} | {ratio(e[cpu_key], v[cpu_key])} | "
                  f"{ratio(e['p99_ms'], v['p99_ms'])} | {ratio(e['hwm_kib'], v['hwm_kib'])} | "
-                 f"{ratio(e['rps'], d['rps']) if d else '-'} |")
+                 f"{ratio(e['rps'], d['rps']) if d else '-'} | {ratio(e[machine_key], v[machine_key])} |")
     pairs = [p for p in WORKER_PAIRS if all(any(sc[0] == w for sc in scenarios) for w in p[:2])]
     if pairs:
         L.append("")
@@ -921,7 +934,10 @@ def report(results, scenarios, proxy_starts, args, meta):
              "the measured interval, per 10k requests (= per 10k connections or handshakes for *-new) or per "
              "GiB received by the client. Peak RSS: VmHWM of a proxy started fresh for each run. Idle RSS: "
              "VmRSS 0.3 s after /ready, at every start. RSS per idle connection: (VmRSS with the connections "
-             "open − VmRSS before) / connections still open then. Start times: from exec to the first accepted TCP connection "
+             "open − VmRSS before) / connections still open then. Machine CPU: busy time of every CPU "
+             "(/proc/stat: the proxy, the client, the origin and the kernel's work for all of them) over the "
+             "same interval and units; CPUs busy: each CPU's busy share of it (CPU 0 holds the proxy, CPU 1 the "
+             "client and the origin). Start times: from exec to the first accepted TCP connection "
              "on the HTTP (or mTLS) listener and to admin /ready answering 200, polled every 0.5 ms. "
              "In the mtls-* rows, `direct` is wrk → sidecar → origin (no gateway). "
              f"ISTIO_MUTUAL: {meta['mtls']}.")
