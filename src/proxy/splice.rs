@@ -22,8 +22,11 @@ const CHUNK: usize = 1 << 16;
 /// whichever comes first. Without it, a proxy that keeps up with its sender is woken for every
 /// TLS record (16 KiB). Measured on 100 MiB passthrough downloads (benches/load, `tls-bulk-100m`):
 /// 0.6-0.8 s of CPU per GiB read as it comes, 0.2-0.3 s in batches of 1 MiB, 0.14-0.26 s in
-/// batches of 2 MiB. Shorter streams (responses under 4 MiB, handshakes, requests) are never
-/// batched, so their latency is untouched.
+/// batches of 2 MiB. The run is counted per direction, not per message: a direction that never
+/// carries 4 MiB without a pause (handshakes, requests, responses under 4 MiB with a pause
+/// between them) is never batched, so its latency is untouched. Raising the mark also lets
+/// the kernel grow the socket's receive buffer (to hold a batch, about 4 MiB), and lowering it
+/// does not shrink it again: a bulk tunnel keeps the kernel memory it needed.
 const BATCH_AFTER: u64 = 4 << 20;
 /// How much a batched read waits for (the kernel also reports readable when the receive window
 /// is nearly closed, or at the end of the stream).
@@ -239,8 +242,9 @@ async fn pump(
 
 /// Splices what `from` holds into the pipe. A batched wait may have ended by its timer, with
 /// no readiness reported, so a batched stream's socket is read directly; once it is empty,
-/// tokio's readiness for it is cleared (the driver has not turned since the read, so no newer
-/// event can be erased).
+/// tokio's readiness for it is cleared. That erases no newer event because workers are
+/// single-threaded runtimes (`crate::worker`): the driver cannot have turned between the read
+/// and the clear (on a multi-threaded runtime another thread could have).
 fn read_into(from: &TcpStream, pipe: &Pipe, batched: bool) -> io::Result<usize> {
     let read = || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK);
     if !batched {
@@ -279,14 +283,18 @@ impl Batch {
         self.set(from, self.run >= BATCH_AFTER);
     }
 
-    /// Ends the batching and the run (the bytes are about to be copied, not spliced).
+    /// Ends the batching and the run: the bytes are about to be copied, which reads only on
+    /// tokio's readiness. (Should the mark fail to come down, the stream keeps the timer and
+    /// the splice path, waiting for a pipe.)
     fn stop(&mut self, from: &TcpStream) {
         self.run = 0;
         self.set(from, false);
     }
 
     /// Follows only a low-water mark that was set: a stream whose mark could not be raised is
-    /// read as it comes, and one whose mark could not be lowered keeps the timer.
+    /// read as it comes, and one whose mark could not be lowered keeps the timer. Lowering the
+    /// mark loses nothing that arrived below it: the kernel then reports the socket readable
+    /// if bytes are queued (`tcp_set_rcvlowat` calls `tcp_data_ready`), a new edge for epoll.
     fn set(&mut self, from: &TcpStream, on: bool) {
         if on != self.on && set_rcvlowat(from, if on { BATCH_BYTES } else { 1 }).is_ok() {
             self.on = on;
@@ -625,9 +633,35 @@ mod tests {
         }
     }
 
+    /// Writes 64 KiB pieces to `sender` a little slower than a pump reads them (each burst ends,
+    /// and the next write comes well within the batch wait) until `from` is batched and at least
+    /// `more` bytes have followed; at most 64 MiB. Returns the bytes written before `from` was
+    /// first seen batched, and in all.
+    async fn stream_until_batched(sender: &mut TcpStream, from: &TcpStream, more: u64) -> (u64, u64) {
+        let piece = vec![3u8; 64 * 1024];
+        let mut sent = 0u64;
+        let mut first = None;
+        loop {
+            // Compared with 1, not BATCH_BYTES: the kernel caps the mark at half of tcp_rmem[2].
+            if rcvlowat(from) > 1 {
+                let first = *first.get_or_insert(sent);
+                if sent >= first + more {
+                    return (first, sent);
+                }
+            }
+            assert!(
+                sent < 64 << 20,
+                "64 MiB sent back to back and the stream is not batched"
+            );
+            sender.write_all(&piece).await.unwrap();
+            sent += piece.len() as u64;
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// A long bulk stream is read in batches (the source socket's low-water mark is raised);
-    /// the bytes below a batch still arrive (the wait's timer), a pause ends the batching, and
-    /// a small message after it passes at once.
+    /// small messages after it arrive, batched or not; the bytes below a batch arrive (the
+    /// wait's timer), a pause ends the batching, and a small message after it passes at once.
     #[tokio::test]
     async fn a_long_bulk_stream_is_read_in_batches_and_a_pause_ends_them() {
         let (mut sender, from, to, mut receiver) = two_connections().await;
@@ -652,27 +686,11 @@ mod tests {
         let pumping = pump(&from, &to, &count, take_pipe);
         let driving = async {
             assert_eq!(rcvlowat(&from), 1);
-            let piece = vec![3u8; 64 * 1024];
-            let mut sent = 0u64;
-            while rcvlowat(&from) != BATCH_BYTES {
-                assert!(
-                    sent < 64 << 20,
-                    "64 MiB sent back to back and the stream is not batched"
-                );
-                sender.write_all(&piece).await.unwrap();
-                sent += piece.len() as u64;
-                // A sender a little slower than the pump, as a real one is: each burst ends,
-                // and the next write comes well within the batch wait.
-                tokio::task::yield_now().await;
-            }
-            assert!(sent >= BATCH_AFTER, "batched after {sent} bytes");
-            // Batched at full run: then small messages a little apart (each read alone, by
-            // the timer) must each arrive, batched or not.
-            for _ in 0..(RUN_MAX - BATCH_AFTER) / piece.len() as u64 {
-                sender.write_all(&piece).await.unwrap();
-                sent += piece.len() as u64;
-                tokio::task::yield_now().await;
-            }
+            // Batched, with the run at its most.
+            let (first, mut sent) = stream_until_batched(&mut sender, &from, RUN_MAX - BATCH_AFTER).await;
+            assert!(first >= BATCH_AFTER, "batched after {first} bytes");
+            // Small messages a little apart, the first ones read by the timer (an earlier
+            // version then never read the socket again): each must arrive.
             for i in 0..20u8 {
                 sender.write_all(&[3u8; 1000]).await.unwrap();
                 sent += 1000;
@@ -681,7 +699,8 @@ mod tests {
                     .await
                     .unwrap_or_else(|_| panic!("small message {i} after a batched run was held"));
             }
-            // The last bytes are fewer than a batch: the timer brings them.
+            // Batched again, then a pause: the bytes below a batch are brought by the timer.
+            sent += stream_until_batched(&mut sender, &from, 0).await.1;
             until(|| got() == sent, "bytes below a batch were held").await;
             until(|| rcvlowat(&from) == 1, "a pause did not end the batching").await;
             sender.write_all(b"ping").await.unwrap();
@@ -691,7 +710,8 @@ mod tests {
             sender.shutdown().await.unwrap();
             sent
         };
-        let (pumped, sent) = tokio::join!(pumping, driving);
+        let both = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(pumping, driving) });
+        let (pumped, sent) = both.await.expect("the pump or the sender hung");
         pumped.unwrap();
         assert_eq!(count.into_inner(), sent);
         let sum = reader.await.unwrap();
