@@ -1,9 +1,10 @@
 //! Zero-copy TCP forwarding with `splice(2)` through a pipe, for passthrough and plain TCP.
 //!
-//! Why unsafe: `splice(2)` and `pipe2(2)` have no safe wrapper in std or tokio. This is the only
-//! module allowed to use `unsafe`; each call passes file descriptors owned by live values
-//! (`TcpStream`, `OwnedFd`) and checks the return value. Bytes never enter user space, which
-//! is what makes bulk passthrough cheap (issue 6).
+//! Why unsafe: `splice(2)`, `pipe2(2)` and `SO_RCVLOWAT` (`setsockopt(2)`) have no safe wrapper
+//! in std, tokio or socket2. This is the only module allowed to use `unsafe`; each call passes
+//! file descriptors owned by live values (`TcpStream`, `OwnedFd`) and checks the return value.
+//! Bytes never enter user space, and long bulk streams are read in batches: that is what makes
+//! bulk passthrough cheap (issue 6).
 #![allow(unsafe_code)]
 
 use std::io;
