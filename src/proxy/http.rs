@@ -40,21 +40,27 @@ pub struct HttpConn {
 }
 
 /// Headers that describe one hop and never cross the proxy.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
 ];
 /// Mesh-internal headers that must not leave the mesh (Envoy forwards them; we do not).
-const MESH_INTERNAL: [&str; 3] = [
-    "x-forwarded-client-cert",
-    "x-envoy-peer-metadata",
-    "x-envoy-peer-metadata-id",
+static MESH_INTERNAL: [HeaderName; 3] = [
+    HeaderName::from_static("x-forwarded-client-cert"),
+    HeaderName::from_static("x-envoy-peer-metadata"),
+    HeaderName::from_static("x-envoy-peer-metadata-id"),
 ];
+// Names the request path sets or reads, made at compile time: a `&str` key is parsed (and a
+// non-standard name copied) at every use.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 
 pub async fn handle<B>(conn: Arc<HttpConn>, req: Request<B>) -> Result<Response<ProxyBody>, std::convert::Infallible>
 where
@@ -65,8 +71,10 @@ where
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
     prepare_request_headers(&conn, &mut parts.headers, parts.version);
-    log.record.x_forwarded_for = header_text(&parts.headers, "x-forwarded-for");
-    log.record.request_id = header_text(&parts.headers, "x-request-id");
+    if conn.shared.logger.enabled() {
+        log.record.x_forwarded_for = header_text(&parts.headers, &X_FORWARDED_FOR);
+        log.record.request_id = header_text(&parts.headers, &X_REQUEST_ID);
+    }
 
     let authority = authority_of(&parts.uri, &parts.headers).unwrap_or_default();
     let Some(hcm) = (conn.hcm)(&conn.snapshot, conn.listener, conn.chain) else {
@@ -114,9 +122,9 @@ where
             let status = response.status().as_u16();
             rt.stats.rq_completed(status);
             remove_hop_by_hop(response.headers_mut());
-            if let Ok(v) = HeaderValue::from_str(&service_time.to_string()) {
-                response.headers_mut().insert("x-envoy-upstream-service-time", v);
-            }
+            response
+                .headers_mut()
+                .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_time));
             apply_header_ops(response.headers_mut(), &route.response_headers);
             apply_header_ops(response.headers_mut(), &weighted.response_headers);
             log.record.response_code = status;
@@ -140,11 +148,14 @@ where
 
 fn start_log<B>(conn: &HttpConn, req: &Request<B>) -> RequestLog {
     let mut record = AccessLogRecord::new(SystemTime::now());
-    record.method = Some(req.method().as_str().into());
-    record.path = req.uri().path_and_query().map(|p| p.as_str().into());
+    // The texts only the log line prints are copied only when there is a log.
+    if conn.shared.logger.enabled() {
+        record.method = Some(req.method().as_str().into());
+        record.path = req.uri().path_and_query().map(|p| p.as_str().into());
+        record.authority = authority_of(req.uri(), req.headers()).map(Into::into);
+        record.user_agent = header_text(req.headers(), &header::USER_AGENT);
+    }
     record.protocol = Protocol::from_version(req.version());
-    record.authority = authority_of(req.uri(), req.headers()).map(Into::into);
-    record.user_agent = header_text(req.headers(), "user-agent");
     record.downstream_local_address = Some(conn.local);
     record.downstream_remote_address = Some(conn.remote);
     record.requested_server_name = conn.sni.clone();
@@ -152,7 +163,7 @@ fn start_log<B>(conn: &HttpConn, req: &Request<B>) -> RequestLog {
     RequestLog::new(record, conn.shared.logger.clone(), conn.stats.clone())
 }
 
-fn header_text(headers: &HeaderMap, name: &str) -> Option<Box<str>> {
+fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<Box<str>> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(Into::into)
 }
 
@@ -169,39 +180,53 @@ fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
 /// What Envoy's gateway does to request headers before routing (use_remote_address: true).
 fn prepare_request_headers(conn: &HttpConn, headers: &mut HeaderMap, _version: Version) {
     remove_hop_by_hop(headers);
-    for name in MESH_INTERNAL {
-        headers.remove(name);
-    }
-    let remote_ip = conn.remote.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    remove_any(headers, &MESH_INTERNAL);
+    let remote_ip = conn.remote.ip();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(existing) if !existing.is_empty() => format!("{existing},{remote_ip}"),
-        _ => remote_ip,
+        _ => remote_ip.to_string(),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(conn.scheme));
-    if !headers.contains_key("x-request-id") {
-        if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-            headers.insert("x-request-id", v);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(conn.scheme));
+    if !headers.contains_key(&X_REQUEST_ID) {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        if let Ok(v) = HeaderValue::from_str(id) {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+}
+
+/// Removes those of `names` that `headers` has. Most messages have none of them, and a look at
+/// each name they carry costs less than a lookup for each name removed.
+fn remove_any(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if headers.keys().any(|k| names.contains(k)) {
+        for name in names {
+            headers.remove(name);
         }
     }
 }
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // The names `Connection` lists, but for `close` and the hop-by-hop names removed below
+    // anyway (`keep-alive` is the usual one).
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()))
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_any(headers, &HOP_BY_HOP);
 }
 
 fn apply_header_ops(headers: &mut HeaderMap, ops: &HeaderOps) {
@@ -522,5 +547,66 @@ impl<'a> ActiveRequest<'a> {
 impl Drop for ActiveRequest<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// RFC 9110 §7.6.1: the hop-by-hop names and those `Connection` lists (any case, with or
+    /// without `close` among them) go; the rest stays.
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = map(&[
+            ("connection", "Close, X-Listed ,keep-alive"),
+            ("connection", "x-second"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("upgrade", "websocket"),
+            ("transfer-encoding", "chunked"),
+            ("x-listed", "1"),
+            ("x-second", "2"),
+            ("x-kept", "3"),
+            ("host", "a.example"),
+        ]);
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(names(&headers), ["host", "x-kept"]);
+
+        let mut plain = map(&[("host", "a.example"), ("accept", "*/*")]);
+        remove_hop_by_hop(&mut plain);
+        assert_eq!(names(&plain), ["accept", "host"]);
+    }
+
+    #[test]
+    fn mesh_internal_headers_are_removed_only_when_present() {
+        let mut headers = map(&[
+            ("x-forwarded-client-cert", "By=spiffe://cluster.local/ns/a/sa/b"),
+            ("x-envoy-peer-metadata-id", "sidecar~1"),
+            ("x-kept", "1"),
+        ]);
+        remove_any(&mut headers, &MESH_INTERNAL);
+        assert_eq!(names(&headers), ["x-kept"]);
+        remove_any(&mut headers, &MESH_INTERNAL);
+        assert_eq!(names(&headers), ["x-kept"]);
     }
 }

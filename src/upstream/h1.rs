@@ -260,12 +260,14 @@ fn encode_head(parts: &http::request::Parts) -> BytesMut {
 
 /// Parses a complete response head off the front of `buf`; `None` while it is incomplete.
 fn parse_response(buf: &mut BytesMut) -> Result<Option<Response<()>>, BoxError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf)? {
-        httparse::Status::Complete(len) => len,
-        httparse::Status::Partial => return Ok(None),
-    };
+    // Slots left uninitialized: httparse writes the ones it fills.
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len =
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots)? {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => return Ok(None),
+        };
     let status = StatusCode::from_u16(parsed.code.unwrap_or(0))?;
     let version = if parsed.version == Some(0) {
         Version::HTTP_10
