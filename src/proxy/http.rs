@@ -210,17 +210,16 @@ fn remove_any(headers: &mut HeaderMap, names: &[HeaderName]) {
 }
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // The names `Connection` lists, but for `close` and the hop-by-hop names removed below
-    // anyway (`keep-alive` is the usual one).
+    // Every name `Connection` lists goes (RFC 9110 §7.6.1), `close` too should a field carry
+    // that name; names are made only for fields that are there, so the common `close` and
+    // `keep-alive` tokens cost no allocation.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|token| {
-            !token.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()))
-        })
+        .filter(|token| !token.is_empty() && headers.contains_key(*token))
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in listed {
@@ -572,7 +571,7 @@ mod tests {
     }
 
     /// RFC 9110 §7.6.1: the hop-by-hop names and those `Connection` lists (any case, with or
-    /// without `close` among them) go; the rest stays.
+    /// with `close` among them, and a field named `close` too) go; the rest stays.
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut headers = map(&[
@@ -586,11 +585,16 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("x-listed", "1"),
             ("x-second", "2"),
+            ("close", "a field named close"),
             ("x-kept", "3"),
             ("host", "a.example"),
         ]);
         remove_hop_by_hop(&mut headers);
         assert_eq!(names(&headers), ["host", "x-kept"]);
+
+        let mut upper = map(&[("connection", "X-UPPER, , ,"), ("x-upper", "1"), ("x-kept", "2")]);
+        remove_hop_by_hop(&mut upper);
+        assert_eq!(names(&upper), ["x-kept"]);
 
         let mut plain = map(&[("host", "a.example"), ("accept", "*/*")]);
         remove_hop_by_hop(&mut plain);
