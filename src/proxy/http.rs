@@ -213,13 +213,8 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Every name `Connection` lists goes (RFC 9110 §7.6.1), `close` too should a field carry
     // that name; names are made only for fields that are there, so the common `close` and
     // `keep-alive` tokens cost no allocation.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|token| !token.is_empty() && headers.contains_key(*token))
+    let listed: Vec<HeaderName> = crate::listener::h1::connection_tokens(headers)
+        .filter(|token| headers.contains_key(*token))
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in listed {
