@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use body::Pumped;
 pub use body::{poll_read_buf, Decoder, Framing, Rejected, RequestBody};
 use write::{date_header, status_line, ResponseWriter};
-pub use write::{write_headers, WriteQueue};
+pub use write::{write_headers, write_headers_unframed, WriteQueue};
 
 use crate::drain::Drain;
 use crate::upstream::pool::BoxError;

@@ -509,6 +509,20 @@ fn upstream_request(
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut builder = Request::builder().method(parts.method.clone());
     let mut headers = parts.headers.clone();
+    // The body's length, never a header's, frames the request (see `upstream::h1::Upload`).
+    let declared = headers.remove(header::CONTENT_LENGTH).is_some();
+    let length = if http_body::Body::is_end_stream(&body) {
+        Some(0)
+    } else {
+        http_body::Body::size_hint(&body).exact()
+    };
+    match length {
+        Some(0) if !declared => {}
+        Some(n) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        None => {}
+    }
     if http2 {
         builder = builder
             .version(Version::HTTP_2)

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 
 use super::cluster::{ClusterRuntime, CountedStream};
 use super::pool::{BoxError, PoolKey, UpstreamBody};
-use crate::listener::h1::{poll_read_buf, wants_keep_alive, write_headers, Decoder, Framing, WriteQueue};
+use crate::listener::h1::{poll_read_buf, wants_keep_alive, write_headers_unframed, Decoder, Framing, WriteQueue};
 
 /// Bound on a response head, as Envoy's default `max_request_headers_kb` (60 KiB) for the
 /// upstream codec, and on its header count (Envoy's `max_headers_count`).
@@ -167,14 +167,15 @@ struct Upload {
 impl Upload {
     fn new(parts: &http::request::Parts, body: UpstreamBody) -> Upload {
         let ended = body.is_end_stream();
-        let length = body.size_hint().exact();
+        let length = if ended { Some(0) } else { body.size_hint().exact() };
         let mut head = encode_head(parts);
-        // The client's Content-Length when it gave one (its codec checked the body against
-        // it), else the known size, else chunked.
-        let framed_by_client = ended || parts.headers.contains_key(header::CONTENT_LENGTH);
-        let chunked = !framed_by_client && length.is_none();
+        // The body frames itself: its exact length (what the client's codec checked it
+        // against), else chunked. A `content-length` header is never trusted for this (on a
+        // pooled connection a wrong one turns the rest of a body into a second request); it
+        // only says that an empty body is sent with an explicit length of 0.
+        let chunked = length.is_none();
         match length {
-            _ if framed_by_client => {}
+            Some(0) if !parts.headers.contains_key(header::CONTENT_LENGTH) => {}
             Some(n) => {
                 let _ = std::fmt::Write::write_fmt(&mut head, format_args!("content-length: {n}\r\n"));
             }
@@ -254,7 +255,8 @@ fn encode_head(parts: &http::request::Parts) -> BytesMut {
     head.extend_from_slice(b" ");
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    write_headers(&mut head, &parts.headers);
+    // Framing is written from the body (`Upload::new`).
+    write_headers_unframed(&mut head, &parts.headers);
     head
 }
 
@@ -588,5 +590,35 @@ mod tests {
             &encode_head(&parts)[..],
             b"GET /politics?x=1 HTTP/1.1\r\nhost: edition.cnn.com\r\n"
         );
+    }
+
+    /// Issue 16: the request's framing comes from its body, never from a `content-length` or
+    /// `transfer-encoding` header (a wrong one on a pooled connection makes the rest of a body
+    /// a second request).
+    #[test]
+    fn the_body_not_a_header_frames_the_request() {
+        use http_body_util::BodyExt;
+        let encode = |headers: &[(&str, &str)], body: UpstreamBody| {
+            let mut builder = Request::builder().method(Method::POST).uri("/up");
+            for (n, v) in headers {
+                builder = builder.header(*n, *v);
+            }
+            let (parts, ()) = builder.body(()).unwrap().into_parts();
+            let mut upload = Upload::new(&parts, body);
+            String::from_utf8(upload.queue.take_all()).unwrap()
+        };
+        let full = |data: &'static [u8]| {
+            UpstreamBody::new(http_body_util::Full::new(Bytes::from_static(data)).map_err(|e| match e {}))
+        };
+        let head = encode(&[("content-length", "2"), ("x-a", "b")], full(b"hello"));
+        assert_eq!(head, "POST /up HTTP/1.1\r\nx-a: b\r\ncontent-length: 5\r\n\r\n");
+        let head = encode(&[("transfer-encoding", "chunked")], full(b"hello"));
+        assert_eq!(head, "POST /up HTTP/1.1\r\ncontent-length: 5\r\n\r\n");
+        let empty = || UpstreamBody::new(http_body_util::Empty::new().map_err(|e| match e {}));
+        assert_eq!(
+            encode(&[("content-length", "7")], empty()),
+            "POST /up HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+        );
+        assert_eq!(encode(&[], empty()), "POST /up HTTP/1.1\r\n\r\n");
     }
 }

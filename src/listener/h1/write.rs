@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
 use http_body::Body;
 use tokio::io::AsyncWrite;
@@ -64,7 +64,22 @@ pub(super) fn date_header(out: &mut BytesMut) {
 
 /// Header lines, `name: value\r\n` each.
 pub fn write_headers(out: &mut BytesMut, headers: &HeaderMap) {
-    for (name, value) in headers {
+    write_fields(out, headers.iter());
+}
+
+/// Header lines without `content-length` and `transfer-encoding`: for a message whose framing
+/// is written from its body.
+pub fn write_headers_unframed(out: &mut BytesMut, headers: &HeaderMap) {
+    write_fields(
+        out,
+        headers
+            .iter()
+            .filter(|(name, _)| *name != header::CONTENT_LENGTH && *name != header::TRANSFER_ENCODING),
+    );
+}
+
+fn write_fields<'a>(out: &mut BytesMut, fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>) {
+    for (name, value) in fields {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -89,6 +104,12 @@ impl WriteQueue {
 
     pub fn clear(&mut self) {
         self.0.clear();
+    }
+
+    /// Everything queued, in order (tests).
+    #[cfg(test)]
+    pub fn take_all(&mut self) -> Vec<u8> {
+        self.0.drain(..).flat_map(|piece| piece.to_vec()).collect()
     }
 
     pub fn push(&mut self, piece: Bytes) {
@@ -156,20 +177,18 @@ where
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
             || method_head;
-        if status.is_informational() || status == StatusCode::NO_CONTENT {
+        // The body's own length frames it, never a header: a `content-length` that is not the
+        // body's (a header operation, a mismatched upstream) would desynchronise the client's
+        // connection. HEAD and 304 answers keep the length they describe.
+        if !(method_head || status == StatusCode::NOT_MODIFIED) || status.is_informational() {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         parts.headers.remove(header::TRANSFER_ENCODING);
         parts.headers.remove(header::CONNECTION);
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
         let mut head = BytesMut::with_capacity(256 + parts.headers.len() * 48);
         status_line(&mut head, version, status);
         write_headers(&mut head, &parts.headers);
-        // The framing the upstream did not declare: a known length, chunked, or the close.
+        // The framing: the body's known length, chunked, or the close.
         let mut chunked = false;
         let known = if body.is_end_stream() {
             Some(0)
@@ -178,8 +197,6 @@ where
         };
         let owed = if no_body_allowed {
             None
-        } else if declared.is_some() {
-            declared
         } else if let Some(n) = known {
             // `BytesMut` is a `fmt::Write`: no intermediate string.
             let _ = std::fmt::Write::write_fmt(&mut head, format_args!("content-length: {n}\r\n"));
@@ -278,6 +295,12 @@ where
             let Some((from, left)) = body.splice_source() else {
                 break;
             };
+            if self.owed.is_some_and(|owed| left > owed) {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response body longer than its content-length",
+                )));
+            }
             let moved = ready!(self.pipe.poll_move(cx, from, to, left));
             match moved {
                 Ok(0) => {
@@ -373,6 +396,10 @@ mod tests {
             self.read.fetch_add(n as u64, Ordering::Relaxed);
             Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::copy_from_slice(&buf[..n])))))
         }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.left)
+        }
     }
 
     type Frame = http_body::Frame<Bytes>;
@@ -458,5 +485,66 @@ mod tests {
     async fn without_pipes_the_body_is_copied() {
         let (_, read, spliced) = serve_body(BodySplice::without_pipes()).await;
         assert_eq!((read, spliced), (300_000, 0));
+    }
+
+    /// A body held in memory (a local reply's), never spliced.
+    struct Memory(Option<Bytes>);
+
+    impl Body for Memory {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame, BoxError>>> {
+            Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.len() as u64))
+        }
+    }
+
+    impl Splice for Memory {
+        fn splice_source(&self) -> Option<(&TcpStream, u64)> {
+            None
+        }
+        fn spliced(&mut self, _: u64) {}
+        fn upstream_broken(&mut self) {}
+    }
+
+    /// Issue 16: a `content-length` header that is not the body's (a header operation, an
+    /// upstream's mistake) never frames the body: the body's own length is written, once.
+    #[tokio::test]
+    async fn the_body_not_a_header_gives_the_length() {
+        for declared in ["2", "50", "5", "5, 5"] {
+            let response = Response::builder()
+                .header(header::CONTENT_LENGTH, declared)
+                .header("x-kept", "1")
+                .body(Memory(Some(Bytes::from_static(b"hello"))))
+                .unwrap();
+            let mut writer = ResponseWriter::new(response, false, Version::HTTP_11, true);
+            let (mut client, mut server) = tokio::io::duplex(4096);
+            poll_fn(|cx| writer.poll_write(cx, &mut server)).await.unwrap();
+            drop(server);
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            let text = String::from_utf8(got).unwrap();
+            assert!(
+                text.ends_with("\r\n\r\nhello") && text.matches("content-length").count() == 1,
+                "declared {declared}: {text:?}"
+            );
+            assert!(text.contains("content-length: 5\r\n"), "{text:?}");
+        }
+        // A HEAD answer keeps the length it describes.
+        let response = Response::builder()
+            .header(header::CONTENT_LENGTH, "42")
+            .body(Memory(None))
+            .unwrap();
+        let mut writer = ResponseWriter::new(response, true, Version::HTTP_11, true);
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        poll_fn(|cx| writer.poll_write(cx, &mut server)).await.unwrap();
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(String::from_utf8(got).unwrap().contains("content-length: 42\r\n"));
     }
 }

@@ -370,7 +370,7 @@ fn http_route(
             authority: rw.authority.clone(),
         }
     });
-    let (request_headers, response_headers) = header_ops(raw.headers.as_ref());
+    let (request_headers, response_headers) = header_ops(cx, r, &format!("{field}.headers"), raw.headers.as_ref());
     Some(Route {
         name: raw.name.clone(),
         matches,
@@ -399,27 +399,82 @@ fn string_match(cx: &mut Cx<'_>, r: &Resource, field: &str, raw: Option<&StringM
     }
 }
 
-fn header_ops(headers: Option<&crate::config::virtual_service::Headers>) -> (HeaderOps, HeaderOps) {
-    let convert = |ops: Option<&HeaderOperations>| -> HeaderOps {
+/// Names a header operation may not touch: the message's framing and hop-by-hop fields (a
+/// configured `content-length` would frame the body on a pooled connection, RFC 9112 §6), the
+/// authority the gateway routed on, and pseudo-headers (istiod and Envoy refuse `:`-names and
+/// `host` too).
+const FRAMING_AND_HOP_BY_HOP: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+];
+
+/// The refusal of a header operation's name, if it has one.
+fn header_op_refusal(name: &str) -> Option<String> {
+    if name.starts_with(':') {
+        return Some(format!("header operation on the pseudo-header `{name}`"));
+    }
+    if FRAMING_AND_HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        return Some(format!(
+            "header operation on `{name}`, which frames the message or belongs to one hop; the gateway sets it"
+        ));
+    }
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Some(format!("`{name}` is not a valid HTTP header name"));
+    }
+    None
+}
+
+/// The header operations at `field` (`...headers`), each name and value checked: a refused one
+/// is an error and is left out.
+fn header_ops(
+    cx: &mut Cx<'_>,
+    r: &Resource,
+    field: &str,
+    headers: Option<&crate::config::virtual_service::Headers>,
+) -> (HeaderOps, HeaderOps) {
+    let mut convert = |side: &str, ops: Option<&HeaderOperations>| -> HeaderOps {
         let Some(ops) = ops else {
             return HeaderOps::default();
         };
-        HeaderOps {
-            set: ops
-                .set
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect(),
-            add: ops
-                .add
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect(),
-            remove: ops.remove.iter().map(|k| k.to_ascii_lowercase()).collect(),
+        let mut out = HeaderOps::default();
+        let fix = "remove the operation: the gateway frames messages itself (use `rewrite.authority` for the host)";
+        for (op, list, dest) in [("set", &ops.set, &mut out.set), ("add", &ops.add, &mut out.add)] {
+            for (name, value) in list {
+                let at = format!("{field}.{side}.{op}.{name}");
+                if let Some(why) = header_op_refusal(name) {
+                    cx.error(r, &at, why, fix);
+                } else if http::HeaderValue::from_str(value).is_err() {
+                    cx.error(
+                        r,
+                        &at,
+                        "the value is not a valid HTTP header value",
+                        "use visible ASCII, spaces and tabs; no line breaks",
+                    );
+                } else {
+                    dest.push((name.to_ascii_lowercase(), value.clone()));
+                }
+            }
         }
+        for (i, name) in ops.remove.iter().enumerate() {
+            match header_op_refusal(name) {
+                Some(why) => cx.error(r, &format!("{field}.{side}.remove[{i}]"), why, fix),
+                None => out.remove.push(name.to_ascii_lowercase()),
+            }
+        }
+        out
     };
     match headers {
-        Some(h) => (convert(h.request.as_ref()), convert(h.response.as_ref())),
+        Some(h) => (
+            convert("request", h.request.as_ref()),
+            convert("response", h.response.as_ref()),
+        ),
         None => (HeaderOps::default(), HeaderOps::default()),
     }
 }
@@ -493,7 +548,7 @@ fn weighted(
         let Some(cluster) = destination(cx, r, &format!("{df}.destination"), *dest, server, registry) else {
             continue;
         };
-        let (request_headers, response_headers) = header_ops(*headers);
+        let (request_headers, response_headers) = header_ops(cx, r, &format!("{df}.headers"), *headers);
         out.push(WeightedCluster {
             cluster,
             weight,

@@ -129,3 +129,33 @@ fn terminating_tls_server_takes_the_first_tcp_route() {
         crate::routing::snapshot::CertificateSource::IstioIdentity { .. }
     ));
 }
+
+/// Issue 16: a header operation may not frame the message or touch a hop-by-hop field, the
+/// authority or a pseudo-header (a configured `content-length` on a pooled upstream connection
+/// turns a body into a second request). Each refusal names its line and field; the config is
+/// refused.
+#[test]
+fn header_operations_on_framing_and_hop_by_hop_names_are_refused() {
+    let yaml = format!(
+        "{GATEWAY}{SE}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: a, namespace: istio-system}}\nspec:\n  hosts: [edition.cnn.com]\n  gateways: [gw]\n  http:\n  - headers:\n      request:\n        set: {{Content-Length: '5', x-ok: a}}\n        add: {{transfer-encoding: chunked}}\n        remove: [connection, ':authority']\n      response:\n        set: {{host: evil, x-bad: \"a\\nb\"}}\n    route:\n    - destination: {{host: edition.cnn.com}}\n      headers: {{request: {{add: {{te: trailers, x-fine: b}}}}}}\n"
+    );
+    let errors: Vec<String> = match compile(&yaml) {
+        Ok(_) => panic!("compiled with framing header operations"),
+        Err(e) => e
+            .errors()
+            .map(|d| format!("{}:{}", d.line.unwrap_or(0), d.field.clone().unwrap_or_default()))
+            .collect(),
+    };
+    assert_eq!(
+        errors,
+        [
+            "27:spec.http[0].headers.request.set.Content-Length",
+            "28:spec.http[0].headers.request.add.transfer-encoding",
+            "29:spec.http[0].headers.request.remove[0]",
+            "29:spec.http[0].headers.request.remove[1]",
+            "31:spec.http[0].headers.response.set.host",
+            "31:spec.http[0].headers.response.set.x-bad",
+            "34:spec.http[0].route[0].headers.request.add.te",
+        ]
+    );
+}
