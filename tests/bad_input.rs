@@ -366,8 +366,9 @@ async fn oversized_headers_and_too_many_headers_are_refused() {
     );
     let (bytes, reset) = send_raw(&g.e, big.as_bytes(), "100 KiB header").await;
     let status = status_of(&bytes);
+    // The answer always arrives: the gateway closes gracefully, reading the rest (issue 16).
     assert!(
-        status == Some(431) || (bytes.is_empty()),
+        status == Some(431) && !reset,
         "100 KiB header: {status:?} (reset: {reset}) {:?}",
         String::from_utf8_lossy(&bytes)
     );
@@ -383,7 +384,7 @@ async fn oversized_headers_and_too_many_headers_are_refused() {
     let (bytes, reset) = send_raw(&g.e, many.as_bytes(), "101 headers").await;
     let status = status_of(&bytes);
     assert!(
-        matches!(status, Some(431 | 400)) || bytes.is_empty(),
+        status == Some(431) && !reset,
         "101 headers: {status:?} (reset: {reset}) {:?}",
         String::from_utf8_lossy(&bytes)
     );
@@ -971,7 +972,8 @@ async fn http1_framing_refusals_are_answered_logged_and_counted() {
             "{what}: {text:?}"
         );
         let line = log_line(&g.e, &format!("\" {status} DPE {detail} ")).await;
-        assert!(line.contains("\"- - -\""), "{what}: {line}");
+        // As Envoy 1.40 logs its codec errors.
+        assert!(line.contains("\"- - HTTP/1.1\""), "{what}: {line}");
     }
     assert_eq!(
         g.origin.requests().len(),

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use body::Pumped;
-pub use body::{poll_read_buf, Decoder, Framing, Rejected, RequestBody};
+pub use body::{parse_length, poll_read_buf, Decoder, Framing, InvalidBody, Rejected, RequestBody};
 use write::{date_header, status_line, ResponseWriter};
 pub use write::{write_headers, write_headers_unframed, WriteQueue};
 
@@ -79,13 +79,14 @@ enum Head {
 
 /// Serves requests on `io` until the client closes, a request says `Connection: close`, the
 /// gateway drains, or the connection breaks. `service` answers one request; `reject` hears of
-/// request heads refused here (answered with their status, then the connection closes).
+/// requests refused here, with their head when it was parsed (answered with their status, then
+/// the connection closes).
 pub async fn serve<S, F, Fut, B>(
     mut io: S,
     settings: &Settings,
     drain: &Drain,
     mut service: F,
-    reject: impl Fn(Rejected),
+    reject: impl Fn(Rejected, Option<&http::request::Parts>),
 ) -> io::Result<Ended<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -112,13 +113,14 @@ where
             Head::Closed => return Ok(Ended::Closed),
             Head::Http2 => return Ok(Ended::Http2 { io, read: buf.freeze() }),
             Head::Rejected(why) => {
-                reject(why);
+                reject(why, None);
                 write_rejection(&mut io, why).await?;
+                linger_close(&mut io, &mut buf).await;
                 return Ok(Ended::Closed);
             }
         };
         if !Box::pin(exchange(&mut io, &mut buf, request, drain, &mut service, &reject)).await? {
-            let _ = io.shutdown().await;
+            linger_close(&mut io, &mut buf).await;
             return Ok(Ended::Closed);
         }
         if buf.is_empty() {
@@ -135,7 +137,7 @@ async fn exchange<S, F, Fut, B>(
     request: Request<()>,
     drain: &Drain,
     service: &mut F,
-    reject: &impl Fn(Rejected),
+    reject: &impl Fn(Rejected, Option<&http::request::Parts>),
 ) -> io::Result<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
@@ -145,15 +147,20 @@ where
     B::Error: Into<BoxError>,
 {
     let (mut parts, ()) = request.into_parts();
-    let framing = match body::framing(parts.version, &parts.headers) {
+    let framing = check_target(&parts).and_then(|()| body::framing(parts.version, &parts.headers));
+    let framing = match framing {
         Ok(framing) => framing,
         Err(why) => {
-            reject(why);
+            // Envoy's codec errors are logged without the request (`"- - HTTP/1.1"`); a
+            // refused well-formed request with it.
+            reject(why, (!why.protocol_error).then_some(&parts));
             write_rejection(io, why).await?;
             return Ok(false);
         }
     };
-    let keep_alive = wants_keep_alive(parts.version, &parts.headers);
+    // A CONNECT is answered (no route takes it) and the connection closed: the bytes after it
+    // were meant for a tunnel.
+    let keep_alive = wants_keep_alive(parts.version, &parts.headers) && parts.method != Method::CONNECT;
     let expects_continue = parts
         .headers
         .get(header::EXPECT)
@@ -208,7 +215,8 @@ where
         }
         if writer.is_none() {
             let Ok(response) = ready!(Pin::new(&mut response_future).poll(cx));
-            let keep = keep_alive && !drain.is_draining();
+            // A request body that broke its framing (or was cut) ends the connection: say so.
+            let keep = keep_alive && body_intact && !drain.is_draining();
             writer = Some(ResponseWriter::new(response, method_head, version, keep));
         }
         let w = writer.as_mut().expect("set above");
@@ -231,12 +239,78 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether the other side keeps the connection after this message (RFC 9112 §9.3).
+/// Whether the other side keeps the connection after this message (RFC 9112 §9.3): `close`
+/// always wins, also over an HTTP/1.0 `keep-alive` beside it.
 pub fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
     let has = |token: &str| connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token));
     match version {
         Version::HTTP_11 => !has("close"),
-        _ => has("keep-alive"),
+        _ => has("keep-alive") && !has("close"),
+    }
+}
+
+const MISSING_HOST: Rejected = Rejected {
+    status: StatusCode::BAD_REQUEST,
+    details: "missing_host_header",
+    protocol_error: false,
+};
+const INVALID_AUTHORITY: Rejected = body::rejected(StatusCode::BAD_REQUEST, "http.invalid_authority");
+const INVALID_URL: Rejected = body::rejected(StatusCode::BAD_REQUEST, "http1.invalid_url");
+
+/// RFC 9112 §3.2-3.3: the request-target's form fits the method (authority-form only for
+/// CONNECT, asterisk-form only for OPTIONS, as Envoy) and the request names one valid host:
+/// exactly one `Host` field, a valid `uri-host [":" port]` without userinfo. An absolute-form
+/// target's authority wins over `Host` (RFC 9112 §3.2.2); a missing `Host` is refused on
+/// HTTP/1.0 too, since the gateway routes by it. Envoy joins two `Host` fields with a comma
+/// and forwards an empty one; both are 400 here.
+fn check_target(parts: &http::request::Parts) -> Result<(), Rejected> {
+    let uri = &parts.uri;
+    let authority_form = uri.scheme().is_none() && uri.authority().is_some();
+    if (parts.method == Method::CONNECT) != authority_form {
+        return Err(CODEC_ERROR);
+    }
+    if uri.authority().is_none() && uri.path() == "*" && parts.method != Method::OPTIONS {
+        return Err(INVALID_URL);
+    }
+    if let Some(scheme) = uri.scheme_str() {
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(INVALID_URL);
+        }
+    }
+    if uri.authority().is_some_and(|a| !valid_host(a.as_str())) {
+        return Err(INVALID_AUTHORITY);
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => Err(CODEC_ERROR),
+        (None, None) if uri.authority().is_none() => Err(MISSING_HOST),
+        (Some(host), None) if uri.authority().is_none() && !valid_host_bytes(host.as_bytes()) => Err(INVALID_AUTHORITY),
+        _ => Ok(()),
+    }
+}
+
+fn valid_host_bytes(host: &[u8]) -> bool {
+    std::str::from_utf8(host).is_ok_and(valid_host)
+}
+
+/// `uri-host [":" port]` (RFC 9110 §7.2): not empty, no userinfo, a form `http` accepts, and a
+/// port (when there is a colon) of digits up to 65535.
+fn valid_host(host: &str) -> bool {
+    if host.is_empty() || host.contains('@') {
+        return false;
+    }
+    let Ok(authority) = host.parse::<http::uri::Authority>() else {
+        return false;
+    };
+    match host.get(authority.host().len()..) {
+        Some("") => true,
+        Some(port) => port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty()
+                && p.len() <= 5
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u32>().is_ok_and(|n| n <= 65535)
+        }),
+        None => false,
     }
 }
 
@@ -247,6 +321,11 @@ async fn read_head<S: AsyncRead + Unpin>(
     settings: &Settings,
     first: bool,
 ) -> io::Result<Head> {
+    // A head that arrives in pieces is parsed again only once its end has arrived, or once it
+    // doubled since the last parse (which still finds garbage early): a head sent a byte at a
+    // time costs linear, not quadratic, work.
+    let mut scanned = 0;
+    let mut parsed_at = 0;
     loop {
         if !buf.is_empty() {
             let seen = buf.len().min(H2_PREFACE.len());
@@ -255,10 +334,15 @@ async fn read_head<S: AsyncRead + Unpin>(
                     return Ok(Head::Http2);
                 }
             } else {
-                match parse_head(buf, settings) {
-                    Ok(Some(request)) => return Ok(Head::Request(request)),
-                    Ok(None) => {}
-                    Err(why) => return Ok(Head::Rejected(why)),
+                let ended = head_end_seen(buf, scanned);
+                scanned = buf.len();
+                if ended || parsed_at == 0 || buf.len() >= 2 * parsed_at {
+                    parsed_at = buf.len();
+                    match parse_head(buf, settings) {
+                        Ok(Some(request)) => return Ok(Head::Request(request)),
+                        Ok(None) => {}
+                        Err(why) => return Ok(Head::Rejected(why)),
+                    }
                 }
                 if buf.len() >= settings.max_head_bytes {
                     return Ok(Head::Rejected(HEADERS_TOO_LARGE));
@@ -274,6 +358,20 @@ async fn read_head<S: AsyncRead + Unpin>(
             return Ok(Head::Closed);
         }
     }
+}
+
+/// Whether `buf` holds an empty line (the end of a head: `LF CRLF` or `LF LF`, as httparse
+/// accepts) that starts at or after `from - 2`, where the last look stopped.
+fn head_end_seen(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(2);
+    buf[start..].iter().enumerate().any(|(i, &b)| {
+        b == b'\n'
+            && match buf.get(start + i + 1) {
+                Some(b'\n') => true,
+                Some(b'\r') => buf.get(start + i + 2) == Some(&b'\n'),
+                _ => false,
+            }
+    })
 }
 
 /// Reads into a stack buffer and copies what arrived into `buf`: a connection waiting for a
@@ -292,17 +390,20 @@ fn poll_read_via_stack<S: AsyncRead + Unpin>(
     Poll::Ready(Ok(rb.filled().len()))
 }
 
-const HEADERS_TOO_LARGE: Rejected = Rejected {
-    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-    details: "http1.headers_too_large",
-};
-const CODEC_ERROR: Rejected = Rejected {
-    status: StatusCode::BAD_REQUEST,
-    details: "http1.codec_error",
-};
+const HEADERS_TOO_LARGE: Rejected =
+    body::rejected(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "http1.headers_too_large");
+const CODEC_ERROR: Rejected = body::rejected(StatusCode::BAD_REQUEST, "http1.codec_error");
+
+#[cfg(test)]
+thread_local! {
+    /// Calls of `parse_head` on this thread (tests).
+    static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 /// Parses a complete head off the front of `buf`; `Ok(None)` when it is not complete yet.
 fn parse_head(buf: &mut BytesMut, settings: &Settings) -> Result<Option<Request<()>>, Rejected> {
+    #[cfg(test)]
+    PARSES.with(|p| p.set(p.get() + 1));
     // Slots left uninitialized: httparse writes the ones it fills.
     let mut stack = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
     let mut heap;
@@ -318,10 +419,10 @@ fn parse_head(buf: &mut BytesMut, settings: &Settings) -> Result<Option<Request<
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(Rejected {
-                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                details: "http1.too_many_headers",
-            })
+            return Err(body::rejected(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "http1.too_many_headers",
+            ))
         }
         Err(_) => return Err(CODEC_ERROR),
     };
@@ -359,8 +460,43 @@ fn parse_head(buf: &mut BytesMut, settings: &Settings) -> Result<Option<Request<
     Ok(Some(request))
 }
 
+/// How long a closing connection keeps reading what the client still sends (Envoy's
+/// `delayed_close_timeout`, 1 s), and how much of it, at most.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Closes gracefully: the write side first (the client sees the whole reply, then the end),
+/// then what the client still sends (an unread body, pipelined requests) is read and dropped
+/// until it closes too, for a bounded time and amount. Closing with unread input would send a
+/// reset, which may destroy the reply before the client read it.
+async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, buf: &mut BytesMut) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            buf.clear();
+            match poll_fn(|cx| body::poll_read_buf(cx, io, buf, IDLE_READ)).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => dropped += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The body of a refusal: Envoy's codec errors say their reason; its refusals of a
+/// well-formed request say nothing.
+pub fn rejection_body(why: Rejected) -> &'static str {
+    match why.protocol_error {
+        true => why.status.canonical_reason().unwrap_or("Bad Request"),
+        false => "",
+    }
+}
+
 async fn write_rejection<S: AsyncWrite + Unpin>(io: &mut S, why: Rejected) -> io::Result<()> {
-    let text = why.status.canonical_reason().unwrap_or("Bad Request");
+    let text = rejection_body(why);
     let mut out = BytesMut::with_capacity(192);
     status_line(&mut out, Version::HTTP_11, why.status);
     out.extend_from_slice(format!("content-length: {}\r\ncontent-type: text/plain\r\n", text.len()).as_bytes());
@@ -368,6 +504,140 @@ async fn write_rejection<S: AsyncWrite + Unpin>(io: &mut S, why: Rejected) -> io
     out.extend_from_slice(b"connection: close\r\n\r\n");
     out.extend_from_slice(text.as_bytes());
     io.write_all(&out).await?;
-    io.flush().await?;
-    io.shutdown().await
+    io.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Result<http::request::Parts, Rejected> {
+        let settings = Settings {
+            max_headers: 100,
+            max_head_bytes: 60 * 1024,
+            header_timeout: Duration::from_secs(1),
+        };
+        let mut buf = BytesMut::from(raw.as_bytes());
+        let (parts, ()) = parse_head(&mut buf, &settings)?.expect("a whole head").into_parts();
+        Ok(parts)
+    }
+
+    fn target(raw: &str) -> Result<(), Rejected> {
+        check_target(&head(raw)?)
+    }
+
+    /// Issue 16, RFC 9112 §3.2-3.3: the target's form fits the method, and one valid host.
+    #[test]
+    fn request_targets_and_hosts_are_checked() {
+        let ok = [
+            "GET / HTTP/1.1\r\nhost: a.example\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a.example:8080\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: [::1]:80\r\n\r\n",
+            "GET / HTTP/1.0\r\nhost: a.example\r\n\r\n",
+            "GET http://a.example/x HTTP/1.1\r\nhost: b.example\r\n\r\n",
+            "GET http://a.example/x HTTP/1.1\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nhost: a.example\r\n\r\n",
+            "CONNECT a.example:443 HTTP/1.1\r\nhost: a.example:443\r\n\r\n",
+        ];
+        for raw in ok {
+            assert_eq!(target(raw), Ok(()), "{raw:?}");
+        }
+        let refused = [
+            (
+                "GET a.example:80 HTTP/1.1\r\nhost: a.example\r\n\r\n",
+                "http1.codec_error",
+            ),
+            ("CONNECT / HTTP/1.1\r\nhost: a.example\r\n\r\n", "http1.codec_error"),
+            ("GET * HTTP/1.1\r\nhost: a.example\r\n\r\n", "http1.invalid_url"),
+            (
+                "GET ftp://a.example/ HTTP/1.1\r\nhost: a.example\r\n\r\n",
+                "http1.invalid_url",
+            ),
+            (
+                "GET http://u@a.example/ HTTP/1.1\r\nhost: a.example\r\n\r\n",
+                "http.invalid_authority",
+            ),
+            ("GET / HTTP/1.1\r\n\r\n", "missing_host_header"),
+            ("GET / HTTP/1.0\r\n\r\n", "missing_host_header"),
+            (
+                "GET / HTTP/1.1\r\nhost: a.example\r\nhost: a.example\r\n\r\n",
+                "http1.codec_error",
+            ),
+            ("GET / HTTP/1.1\r\nhost: \r\n\r\n", "http.invalid_authority"),
+            ("GET / HTTP/1.1\r\nhost: a@b\r\n\r\n", "http.invalid_authority"),
+            ("GET / HTTP/1.1\r\nhost: a b\r\n\r\n", "http.invalid_authority"),
+            (
+                "GET / HTTP/1.1\r\nhost: a.example:80x\r\n\r\n",
+                "http.invalid_authority",
+            ),
+        ];
+        for (raw, details) in refused {
+            assert_eq!(target(raw).map_err(|r| r.details), Err(details), "{raw:?}");
+        }
+        assert!(!target("GET / HTTP/1.1\r\n\r\n").unwrap_err().protocol_error);
+    }
+
+    /// Issue 16: `close` wins over an HTTP/1.0 `keep-alive` beside it, on either side.
+    #[test]
+    fn close_wins_over_keep_alive() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert!(wants_keep_alive(Version::HTTP_10, &with("keep-alive")));
+        assert!(!wants_keep_alive(Version::HTTP_10, &with("keep-alive, close")));
+        assert!(!wants_keep_alive(Version::HTTP_10, &with("Close ,Keep-Alive")));
+        assert!(!wants_keep_alive(Version::HTTP_10, &HeaderMap::new()));
+        assert!(wants_keep_alive(Version::HTTP_11, &HeaderMap::new()));
+        assert!(!wants_keep_alive(Version::HTTP_11, &with("keep-alive, close")));
+    }
+
+    /// The end of a head is found by looking only at what arrived since the last look.
+    #[test]
+    fn the_end_of_a_head_is_found_across_pieces() {
+        let wire = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        for split in 1..wire.len() {
+            let (first, _) = wire.split_at(split);
+            assert!(!head_end_seen(first, 0), "{split}");
+            assert!(head_end_seen(wire, split), "{split}");
+        }
+        assert!(head_end_seen(b"GET / HTTP/1.1\nhost: a\n\n", 0));
+        assert!(!head_end_seen(b"GET / HTTP/1.1\r\nhost: a\r\n", 0));
+    }
+
+    /// A head sent a byte at a time is parsed a logarithmic number of times before its end,
+    /// not once per byte.
+    #[tokio::test]
+    async fn a_head_sent_a_byte_at_a_time_is_read_in_linear_work() {
+        let filler: String = (0..400).map(|i| format!("x-h{i}: {}\r\n", "v".repeat(20))).collect();
+        let wire = format!("GET / HTTP/1.1\r\nhost: a.example\r\n{filler}\r\n");
+        let settings = Settings {
+            max_headers: 500,
+            max_head_bytes: 60 * 1024,
+            header_timeout: Duration::from_secs(5),
+        };
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let bytes = wire.clone().into_bytes();
+        let writer = tokio::spawn(async move {
+            for b in bytes {
+                client.write_all(&[b]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            client
+        });
+        let mut buf = BytesMut::new();
+        let before = PARSES.with(|p| p.get());
+        let head = read_head(&mut server, &mut buf, &settings, true).await.unwrap();
+        assert!(matches!(head, Head::Request(_)));
+        let _ = writer.await;
+        let parses = PARSES.with(|p| p.get()) - before;
+        // 11 KiB arrived in about as many reads: once for the first bytes, once per doubling,
+        // once at the end.
+        assert!(
+            wire.len() > 10_000 && parses <= 16,
+            "{parses} parses for {} bytes",
+            wire.len()
+        );
+    }
 }

@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{h1, ListenerContext};
-use crate::access_log::{AccessLogRecord, ResponseFlags};
+use crate::access_log::{AccessLogRecord, Protocol, ResponseFlags};
 use crate::proxy::http::{handle, HttpConn};
 use crate::routing::snapshot::{ChainKind, HttpConnectionManager, ListenerKind, Snapshot};
 use crate::tls::prefixed::Prefixed;
@@ -91,7 +91,7 @@ pub async fn serve<S>(
         &settings,
         &drain,
         move |req| Box::pin(handle(h1_conn.clone(), req)),
-        |why| reject(&conn, why),
+        |why, head| reject(&conn, why, head),
     )
     .await;
     match served {
@@ -134,13 +134,33 @@ where
     }
 }
 
-/// A request head refused by the HTTP/1.1 codec: counted and logged as Envoy does
-/// (`"- - -" 400 DPE http1.codec_error`).
-fn reject(conn: &HttpConn, why: h1::Rejected) {
+/// A request refused by the HTTP/1.1 codec: counted and logged as Envoy does
+/// (`"- - HTTP/1.1" 400 DPE http1.codec_error`; a refused request whose head was read is
+/// logged with its method, path and authority, e.g. `"GET / HTTP/1.1" 400 - missing_host_header`).
+fn reject(conn: &HttpConn, why: h1::Rejected, head: Option<&http::request::Parts>) {
     let mut record = AccessLogRecord::new(SystemTime::now());
     record.response_code = why.status.as_u16();
-    record.response_flags.insert(ResponseFlags::DPE);
+    if why.protocol_error {
+        record.response_flags.insert(ResponseFlags::DPE);
+    }
     record.response_code_details = Some(why.details.into());
+    record.bytes_sent = h1::rejection_body(why).len() as u64;
+    record.protocol = Protocol::from_version(head.map_or(http::Version::HTTP_11, |h| h.version));
+    if let Some(head) = head {
+        record.method = Some(head.method.as_str().into());
+        record.path = head.uri.path_and_query().map(|p| p.as_str().into());
+        record.authority = head.uri.authority().map(|a| a.as_str().into()).or_else(|| {
+            head.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(Into::into)
+        });
+        record.user_agent = head
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|h| h.to_str().ok())
+            .map(Into::into);
+    }
     record.downstream_local_address = Some(conn.local);
     record.downstream_remote_address = Some(conn.remote);
     record.requested_server_name = conn.sni.clone();

@@ -80,6 +80,14 @@ where
     let Some(hcm) = (conn.hcm)(&conn.snapshot, conn.listener, conn.chain) else {
         return Ok(local(log, &Failure::NoRoute, &conn.stats));
     };
+    // No route of an Istio gateway takes a CONNECT (Envoy needs a `connect_matcher`, which
+    // istiod does not write): it is never forwarded.
+    if parts.method == Method::CONNECT {
+        return Ok(local(log, &Failure::NoRoute, &conn.stats));
+    }
+    if parts.uri.path() == "*" {
+        return Ok(local(log, &Failure::AsteriskTarget, &conn.stats));
+    }
     let view = RequestView {
         method: parts.method.as_str(),
         path: parts.uri.path(),
@@ -360,6 +368,9 @@ async fn forward(
         .retry_on
         .iter()
         .any(|c| c == "reset" || c == "5xx" || c == "refused-stream");
+    // Envoy retries an upstream protocol error as a reset (`reset`, `5xx`), never under
+    // Istio's default `refused-stream`, which names an HTTP/2 stream refusal only.
+    let retry_protocol = policy.retry_on.iter().any(|c| c == "reset" || c == "5xx");
     let retry_status = |status: u16| {
         policy.retriable_status_codes.contains(&status) && policy.retry_on.iter().any(|c| c == "retriable-status-codes")
             || (status >= 500 && policy.retry_on.iter().any(|c| c == "5xx"))
@@ -422,6 +433,7 @@ async fn forward(
                 last = Failure::ResetBeforeResponse { retried: attempt > 0 };
                 if can_retry && retry_reset {
                     attempt += 1;
+                    rt.stats.upstream_rq_retry.inc();
                     continue;
                 }
                 return Err(last);
@@ -462,14 +474,33 @@ async fn forward(
                 }
                 return Err(Failure::Timeout);
             }
-            Some(Err(_)) => {
+            Some(Err(error)) => {
                 host.rq_error.fetch_add(1, Ordering::Relaxed);
-                if can_retry && retry_reset && body_empty {
+                let failure = classify(&*error, attempt > 0);
+                let retry = match failure {
+                    Failure::DownstreamProtocol => false,
+                    Failure::UpstreamProtocol { .. } => retry_protocol,
+                    _ => retry_reset,
+                };
+                if can_retry && retry && body_empty {
                     attempt += 1;
                     rt.stats.upstream_rq_retry.inc();
                     continue;
                 }
-                return Err(Failure::ResetBeforeResponse { retried: attempt > 0 });
+                return Err(failure);
+            }
+            Some(Ok(response))
+                if matches!(response.body(), ResponseBody::Hyper(_)) && !framing_is_clean(response.headers()) =>
+            {
+                // hyper took what egressd's own client refuses; the connection goes with the
+                // dropped response.
+                host.rq_error.fetch_add(1, Ordering::Relaxed);
+                if can_retry && retry_protocol && body_empty {
+                    attempt += 1;
+                    rt.stats.upstream_rq_retry.inc();
+                    continue;
+                }
+                return Err(Failure::UpstreamProtocol { retried: attempt > 0 });
             }
             Some(Ok(response)) => {
                 let status = response.status().as_u16();
@@ -487,6 +518,32 @@ async fn forward(
             }
         }
     }
+}
+
+/// What a failed exchange was: the client's body broke its framing, the upstream broke HTTP,
+/// or the upstream went away.
+fn classify(error: &(dyn std::error::Error + 'static), retried: bool) -> Failure {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<crate::listener::h1::InvalidBody>() {
+            return Failure::DownstreamProtocol;
+        }
+        if e.is::<crate::upstream::h1::ProtocolError>()
+            || e.downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_parse() || h.is_parse_status())
+        {
+            return Failure::UpstreamProtocol { retried };
+        }
+        cause = e.source();
+    }
+    Failure::ResetBeforeResponse { retried }
+}
+
+/// A response from hyper framed as egressd's own client requires (one lone `chunked` coding,
+/// at most one length, never both).
+fn framing_is_clean(headers: &HeaderMap) -> bool {
+    crate::upstream::h1::response_transfer_coding(headers).is_ok()
+        && crate::upstream::h1::response_length(headers).is_ok()
 }
 
 fn last_or_reset(attempt: u32) -> Failure {

@@ -9,8 +9,11 @@ use crate::upstream::cluster::ConnectError;
 /// A request the gateway answers itself.
 #[derive(Debug, Clone)]
 pub enum Failure {
-    /// No virtual host or no route matched: 404 NR.
+    /// No virtual host or no route matched: 404 NR. Also a CONNECT, which no route of an
+    /// Istio gateway takes (as Envoy answers it).
     NoRoute,
+    /// `OPTIONS *`: no route serves the server itself (Envoy: 404 `absolute_path_rejected`).
+    AsteriskTarget,
     /// The route names a cluster that does not exist: 503 NC.
     NoCluster,
     /// The cluster has no endpoints: 503 UH.
@@ -21,6 +24,12 @@ pub enum Failure {
     Tls { reason: String, retried: bool },
     /// The upstream closed or reset before the response headers: 503 UC.
     ResetBeforeResponse { retried: bool },
+    /// The upstream broke HTTP framing (both lengths, two lengths, a transfer coding other than
+    /// chunked, obs-fold, too many interim answers): 502 UPE, as Envoy.
+    UpstreamProtocol { retried: bool },
+    /// The client's request body broke its framing (a malformed chunk) before a response
+    /// started: 400 DPE `http1.codec_error`, as Envoy.
+    DownstreamProtocol,
     /// No response headers within the route (or per-try) timeout: 504 UT.
     Timeout,
     /// Connection pool limits reached: 503 UO.
@@ -46,6 +55,13 @@ impl Failure {
                 body: "",
                 flags: ResponseFlags::NR,
                 details: "route_not_found".into(),
+                transport_failure: None,
+            },
+            Failure::AsteriskTarget => Reply {
+                status: 404,
+                body: "",
+                flags: ResponseFlags::NONE,
+                details: "absolute_path_rejected".into(),
                 transport_failure: None,
             },
             Failure::NoCluster => Reply {
@@ -114,6 +130,26 @@ impl Failure {
                     transport_failure: None,
                 }
             }
+            Failure::UpstreamProtocol { retried } => {
+                let mut flags = ResponseFlags::UPE;
+                if *retried {
+                    flags.insert(ResponseFlags::URX);
+                }
+                Reply {
+                    status: 502,
+                    body: reset_body("protocol error", *retried),
+                    flags,
+                    details: "upstream_reset_before_response_started{protocol_error}".into(),
+                    transport_failure: None,
+                }
+            }
+            Failure::DownstreamProtocol => Reply {
+                status: 400,
+                body: "Bad Request",
+                flags: ResponseFlags::DPE,
+                details: "http1.codec_error".into(),
+                transport_failure: None,
+            },
             Failure::Timeout => Reply {
                 status: 504,
                 body: "upstream request timeout",
@@ -156,6 +192,7 @@ fn reset_body(reason: &str, retried: bool) -> &'static str {
         "remote connection failure" => body!("remote connection failure"),
         "connection timeout" => body!("connection timeout"),
         "connection termination" => body!("connection termination"),
+        "protocol error" => body!("protocol error"),
         _ => body!("overflow"),
     }
 }
@@ -184,6 +221,10 @@ mod tests {
             "upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error: Connection refused}"
         );
         assert_eq!(Failure::NoHealthyUpstream.reply().body, "no healthy upstream");
+        // Envoy 1.40's 110-byte answer to an upstream framing error after a retry.
+        let upe = Failure::UpstreamProtocol { retried: true }.reply();
+        assert_eq!((upe.status, upe.body.len()), (502, 110), "{}", upe.body);
+        assert_eq!(upe.flags.to_string(), "URX,UPE");
         assert_eq!(Failure::NoRoute.reply().status, 404);
     }
 }

@@ -36,6 +36,15 @@ const HEAD_READ: usize = 8 * 1024;
 /// Bytes read per call while a body is read through user space.
 const BODY_READ: usize = 64 * 1024;
 
+/// The upstream broke HTTP/1.1 framing or syntax: answered 502 `UPE`, the connection closed.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream protocol error: {0}")]
+pub struct ProtocolError(pub &'static str);
+
+fn protocol_error(why: &'static str) -> BoxError {
+    Box::new(ProtocolError(why))
+}
+
 /// An upstream connection this client owns: pooled while idle, owned by the response body
 /// while one is in flight.
 pub struct Conn {
@@ -93,6 +102,8 @@ pub async fn send(
     let (parts, body) = request.into_parts();
     let mut upload = Upload::new(&parts, body);
     let mut buf = BytesMut::with_capacity(HEAD_READ);
+    // Interim answers together may not exceed one head's bound (a 1xx flood never ends).
+    let mut interim = 0;
     let head = poll_fn(|cx| {
         // Send while the body has bytes and the socket room; a response may come first, and
         // may still be read after the upstream stopped taking the body.
@@ -100,17 +111,22 @@ pub async fn send(
             return Poll::Ready(Err(e)); // the client's body failed
         }
         loop {
+            let before = buf.len();
             match parse_response(&mut buf) {
                 Err(e) => return Poll::Ready(Err(e)),
                 // 100 Continue and other interim responses: the final one follows.
                 Ok(Some(r)) if r.status().is_informational() && r.status() != StatusCode::SWITCHING_PROTOCOLS => {
-                    continue
+                    interim += before - buf.len();
+                    if interim > MAX_HEAD {
+                        return Poll::Ready(Err(protocol_error("interim responses without end")));
+                    }
+                    continue;
                 }
                 Ok(Some(r)) => return Poll::Ready(Ok(r)),
                 Ok(None) => {}
             }
-            if buf.len() >= MAX_HEAD {
-                return Poll::Ready(Err("upstream response head too large".into()));
+            if buf.len() + interim >= MAX_HEAD {
+                return Poll::Ready(Err(protocol_error("response head too large")));
             }
             let error: BoxError = match std::task::ready!(poll_read_buf(cx, &mut conn.io, &mut buf, HEAD_READ)) {
                 Ok(0) => "upstream closed the connection before the response".into(),
@@ -122,11 +138,11 @@ pub async fn send(
         }
     })
     .await?;
-    let (mut parts_in, ()) = head.into_parts();
+    let (parts_in, ()) = head.into_parts();
     if parts_in.status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err("upstream switched protocols, which no request asked for".into());
+        return Err(protocol_error("switched protocols, which no request asked for"));
     }
-    let framing = response_framing(&parts.method, parts_in.status, &mut parts_in.headers)?;
+    let framing = response_framing(&parts.method, parts_in.status, &parts_in.headers)?;
     let mut keep_alive = framing.is_some() && wants_keep_alive(parts_in.version, &parts_in.headers);
     // The rest of the request body goes on while the response is read (an upstream may answer
     // first and read after); one whose upload failed is not reused.
@@ -260,17 +276,21 @@ fn encode_head(parts: &http::request::Parts) -> BytesMut {
     head
 }
 
-/// Parses a complete response head off the front of `buf`; `None` while it is incomplete.
+/// Parses a complete response head off the front of `buf`; `None` while it is incomplete. Any
+/// syntax error (obs-fold included, which httparse refuses by default) is a protocol error.
 fn parse_response(buf: &mut BytesMut) -> Result<Option<Response<()>>, BoxError> {
+    const INVALID: &str = "invalid response head";
     // Slots left uninitialized: httparse writes the ones it fills.
     let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
-    let len =
-        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots)? {
-            httparse::Status::Complete(len) => len,
-            httparse::Status::Partial => return Ok(None),
-        };
-    let status = StatusCode::from_u16(parsed.code.unwrap_or(0))?;
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut parsed, buf, &mut slots)
+        .map_err(|_| protocol_error(INVALID))?
+    {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(None),
+    };
+    let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|_| protocol_error("invalid status code"))?;
     let version = if parsed.version == Some(0) {
         Version::HTTP_10
     } else {
@@ -282,14 +302,16 @@ fn parse_response(buf: &mut BytesMut) -> Result<Option<Response<()>>, BoxError> 
         .iter()
         .map(|h| {
             let start = h.value.as_ptr() as usize - base;
-            Ok((HeaderName::from_bytes(h.name.as_bytes())?, start..start + h.value.len()))
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| protocol_error(INVALID))?;
+            Ok((name, start..start + h.value.len()))
         })
         .collect::<Result<_, BoxError>>()?;
     // Header values share the head's bytes rather than being copied one by one.
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
     for (name, range) in fields {
-        headers.append(name, HeaderValue::from_maybe_shared(head.slice(range))?);
+        let value = HeaderValue::from_maybe_shared(head.slice(range)).map_err(|_| protocol_error(INVALID))?;
+        headers.append(name, value);
     }
     let mut response = Response::new(());
     *response.status_mut() = status;
@@ -299,9 +321,10 @@ fn parse_response(buf: &mut BytesMut) -> Result<Option<Response<()>>, BoxError> 
 }
 
 /// RFC 9112 §6.3 for a response: `None` when the body ends with the connection. As strict as
-/// Envoy: `Transfer-Encoding` with `Content-Length` (a response-splitting vector) and lengths
-/// that differ or are not digits are errors; a repeated length is passed on once.
-fn response_framing(method: &Method, status: StatusCode, headers: &mut HeaderMap) -> Result<Option<Framing>, BoxError> {
+/// Envoy 1.40 (502 `UPE` for each): `Transfer-Encoding` with `Content-Length` (a
+/// response-splitting vector), a transfer coding other than one `chunked` (`gzip, chunked`
+/// would lose its `gzip` when re-framed), and more than one length, even equal ones.
+fn response_framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Option<Framing>, BoxError> {
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -309,41 +332,48 @@ fn response_framing(method: &Method, status: StatusCode, headers: &mut HeaderMap
     {
         return Ok(Some(Framing::Empty));
     }
-    if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
-        if headers.contains_key(header::CONTENT_LENGTH) {
-            return Err("upstream response with both transfer-encoding and content-length".into());
-        }
-        let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(chunked.then_some(Framing::Chunked));
+    if let Some(framing) = response_transfer_coding(headers)? {
+        return Ok(Some(framing));
     }
-    let mut length = None;
-    let mut repeated = false;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str()?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("upstream response with an invalid content-length".into());
-            }
-            let n: u64 = part.parse()?;
-            if length.is_some_and(|l| l != n) {
-                return Err("upstream response with differing content-lengths".into());
-            }
-            repeated |= length.is_some();
-            length = Some(n);
-        }
-    }
-    if let (true, Some(n)) = (repeated, length) {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-    }
-    Ok(match length {
+    Ok(match response_length(headers)? {
         Some(0) => Some(Framing::Empty),
         Some(n) => Some(Framing::Length(n)),
         None => None,
     })
+}
+
+/// `Some(Chunked)` for a lone `chunked` coding, `None` for no `Transfer-Encoding`; anything
+/// else is a protocol error. Shared with hyper's responses (`crate::proxy::http`).
+pub fn response_transfer_coding(headers: &HeaderMap) -> Result<Option<Framing>, BoxError> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    let Some(first) = codings.next() else {
+        return Ok(None);
+    };
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(protocol_error("both transfer-encoding and content-length"));
+    }
+    if codings.next().is_some() || !first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+        return Err(protocol_error("a transfer coding other than chunked"));
+    }
+    Ok(Some(Framing::Chunked))
+}
+
+/// The one `Content-Length`, if any; two, a list, or a value that is not digits is a protocol
+/// error.
+pub fn response_length(headers: &HeaderMap) -> Result<Option<u64>, BoxError> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(protocol_error("more than one content-length"));
+    }
+    let length = value
+        .to_str()
+        .ok()
+        .and_then(|v| crate::listener::h1::parse_length(v.trim()))
+        .ok_or_else(|| protocol_error("invalid content-length"))?;
+    Ok(Some(length))
 }
 
 enum State {
@@ -511,14 +541,24 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        response_framing(&method, StatusCode::from_u16(status).unwrap(), &mut map)
+        response_framing(&method, StatusCode::from_u16(status).unwrap(), &map)
     }
 
+    fn is_protocol_error(r: Result<Option<Framing>, BoxError>) -> bool {
+        r.is_err_and(|e| e.is::<ProtocolError>())
+    }
+
+    /// RFC 9112 §6.3 as Envoy 1.40 enforces it on responses (issue 16: each of these it
+    /// answers 502 `UPE`).
     #[test]
     fn response_framing_follows_rfc_9112() {
         let length = |n| Some(Framing::Length(n));
         assert_eq!(
             framing_of(Method::GET, 200, &[("content-length", "5")]).unwrap(),
+            length(5)
+        );
+        assert_eq!(
+            framing_of(Method::GET, 200, &[("content-length", "005")]).unwrap(),
             length(5)
         );
         assert_eq!(
@@ -534,34 +574,25 @@ mod tests {
             Some(Framing::Empty)
         );
         assert_eq!(framing_of(Method::GET, 204, &[]).unwrap(), Some(Framing::Empty));
-        // A last coding of chunked is chunked; another one, or no framing at all, runs until the
-        // close.
-        let chunked = [("transfer-encoding", "gzip, chunked")];
-        assert_eq!(framing_of(Method::GET, 200, &chunked).unwrap(), Some(Framing::Chunked));
-        let both = [("transfer-encoding", "chunked"), ("content-length", "5")];
-        assert!(
-            framing_of(Method::GET, 200, &both).is_err(),
-            "a response-splitting vector"
-        );
         assert_eq!(
-            framing_of(Method::GET, 200, &[("transfer-encoding", "gzip")]).unwrap(),
-            None
+            framing_of(Method::GET, 200, &[("transfer-encoding", "Chunked")]).unwrap(),
+            Some(Framing::Chunked)
         );
+        // No framing at all: the body runs until the close.
         assert_eq!(framing_of(Method::GET, 200, &[]).unwrap(), None);
-        // Repeated equal lengths are one length; differing or invalid ones are refused.
-        assert_eq!(
-            framing_of(Method::GET, 200, &[("content-length", "7, 7")]).unwrap(),
-            length(7)
-        );
-        assert!(framing_of(Method::GET, 200, &[("content-length", "7"), ("content-length", "8")]).is_err());
-        assert!(framing_of(Method::GET, 200, &[("content-length", "-1")]).is_err());
-        assert!(framing_of(Method::GET, 200, &[("content-length", "+5")]).is_err());
-        // A repeated length is passed on once.
-        let mut map = HeaderMap::new();
-        map.append(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
-        map.append(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
-        response_framing(&Method::GET, StatusCode::OK, &mut map).unwrap();
-        assert_eq!(map.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["7"]);
+        for refused in [
+            &[("transfer-encoding", "chunked"), ("content-length", "5")][..],
+            &[("transfer-encoding", "gzip, chunked")],
+            &[("transfer-encoding", "gzip"), ("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "gzip")],
+            &[("content-length", "7, 7")],
+            &[("content-length", "7"), ("content-length", "7")],
+            &[("content-length", "7"), ("content-length", "8")],
+            &[("content-length", "-1")],
+            &[("content-length", "+5")],
+        ] {
+            assert!(is_protocol_error(framing_of(Method::GET, 200, refused)), "{refused:?}");
+        }
     }
 
     #[test]
@@ -573,8 +604,14 @@ mod tests {
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["x-a"], "b");
         assert_eq!(&buf[..], b"abc", "the body's first bytes stay buffered");
-        assert!(parse_response(&mut BytesMut::from(&b"HTTP/1.1 2000 OK\r\n\r\n"[..])).is_err());
-        assert!(parse_response(&mut BytesMut::from(&b"garbage\r\n\r\n"[..])).is_err());
+        for bad in [
+            &b"HTTP/1.1 2000 OK\r\n\r\n"[..],
+            b"garbage\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx-a: b\r\n c\r\ncontent-length: 0\r\n\r\n",
+        ] {
+            let e = parse_response(&mut BytesMut::from(bad)).unwrap_err();
+            assert!(e.is::<ProtocolError>(), "{e}");
+        }
     }
 
     #[test]

@@ -12,4 +12,5 @@ pub mod dns;
 pub mod egressd;
 pub mod origin;
 pub mod raw;
+pub mod scripted;
 pub mod tools;

@@ -30,20 +30,29 @@ pub enum Framing {
     Chunked,
 }
 
-/// A request head whose framing cannot be trusted: answered, then the connection is closed.
+/// A request the codec refuses: answered, then the connection is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejected {
     pub status: StatusCode,
     pub details: &'static str,
+    /// A protocol error of the client (Envoy's `DPE` flag), not a request refused for what it
+    /// asks (a missing Host).
+    pub protocol_error: bool,
 }
 
-const fn rejected(status: StatusCode, details: &'static str) -> Rejected {
-    Rejected { status, details }
+pub(super) const fn rejected(status: StatusCode, details: &'static str) -> Rejected {
+    Rejected {
+        status,
+        details,
+        protocol_error: true,
+    }
 }
 
 /// RFC 9112 §6.3, strictly, as Envoy does: both `Transfer-Encoding` and `Content-Length` is a
-/// 400 (a smuggling vector), so is `Transfer-Encoding` on HTTP/1.0 and differing lengths; a
-/// coding other than a single `chunked` is a 501.
+/// 400 (a smuggling vector), so is `Transfer-Encoding` on HTTP/1.0 and more than one length,
+/// even equal ones (`5, 5` or two fields: Envoy 1.40 answers 400 `http1.codec_error`, and
+/// forwarding them would hand the ambiguity on); a coding other than a single `chunked` is a
+/// 501.
 pub fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, Rejected> {
     let mut te = headers.get_all(TRANSFER_ENCODING).iter().peekable();
     if te.peek().is_some() {
@@ -80,8 +89,8 @@ pub fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, Rejecte
             .map_err(|_| rejected(StatusCode::BAD_REQUEST, "http1.content_length_not_allowed"))?;
         for item in text.split(',').map(str::trim) {
             let n = parse_length(item).ok_or(rejected(StatusCode::BAD_REQUEST, "http1.invalid_content_length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(rejected(StatusCode::BAD_REQUEST, "http1.multiple_content_length"));
+            if length.is_some() {
+                return Err(rejected(StatusCode::BAD_REQUEST, "http1.codec_error"));
             }
             length = Some(n);
         }
@@ -92,11 +101,20 @@ pub fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, Rejecte
     })
 }
 
-fn parse_length(text: &str) -> Option<u64> {
-    if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
+/// `1*DIGIT`; leading zeros are valid (RFC 9110 §8.6) and do not count toward the bound.
+pub fn parse_length(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    text.parse().ok()
+    let significant = text.trim_start_matches('0');
+    if significant.len() > 19 {
+        return None;
+    }
+    Some(if significant.is_empty() {
+        0
+    } else {
+        significant.parse().ok()?
+    })
 }
 
 /// Decodes one body from the connection's read buffer.
@@ -108,13 +126,14 @@ pub enum Decoder {
 
 #[derive(Debug)]
 pub enum Chunked {
-    /// Reading a chunk-size line: the size so far, digits seen, in an extension, CR seen.
+    /// Reading a chunk-size line: the size so far, significant digits seen, bytes of the line,
+    /// where in the line the parser is, CR seen.
     Size {
         size: u64,
         digits: u8,
-        ext: bool,
-        cr: bool,
         len: usize,
+        at: SizeLine,
+        cr: bool,
     },
     Data(u64),
     /// The CRLF after chunk data: `false` before the CR, `true` after it.
@@ -128,6 +147,44 @@ pub enum Chunked {
     Done,
 }
 
+/// Where a chunk-size line parser is (RFC 9112 §7.1.1:
+/// `chunk-size *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] )`, ext-val a token or a
+/// quoted-string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeLine {
+    /// In the hex digits (none yet when `digits` and `len` are 0).
+    Digits,
+    /// Whitespace after the size or a value: only `;` (or the CR) may follow.
+    AfterItem,
+    /// After `;`, before the extension's name.
+    BeforeName,
+    Name,
+    /// After a name: `=`, `;` or the CR.
+    AfterName,
+    /// After `=`, before the value.
+    BeforeValue,
+    Token,
+    Quoted,
+    /// After a backslash in a quoted string.
+    QuotedPair,
+    /// After a quoted string's closing quote.
+    QuotedEnd,
+}
+
+/// A chunk-size line starts here.
+const SIZE_LINE: Chunked = Chunked::Size {
+    size: 0,
+    digits: 0,
+    len: 0,
+    at: SizeLine::Digits,
+    cr: false,
+};
+
+/// `tchar` of RFC 9110 §5.6.2.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// A body that breaks its framing: the connection cannot be reused.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid chunked request body: {0}")]
@@ -138,13 +195,7 @@ impl Decoder {
         match framing {
             Framing::Empty => None,
             Framing::Length(n) => Some(Decoder::Length(n)),
-            Framing::Chunked => Some(Decoder::Chunked(Chunked::Size {
-                size: 0,
-                digits: 0,
-                ext: false,
-                cr: false,
-                len: 0,
-            })),
+            Framing::Chunked => Some(Decoder::Chunked(SIZE_LINE)),
         }
     }
 
@@ -203,9 +254,9 @@ impl Chunked {
             Chunked::Size {
                 size,
                 digits,
-                ext,
-                cr,
                 len,
+                at,
+                cr,
             } => {
                 *len += 1;
                 if *len > MAX_CHUNK_LINE {
@@ -214,9 +265,6 @@ impl Chunked {
                 if *cr {
                     if byte != b'\n' {
                         return Err(InvalidBody("CR without LF after chunk size"));
-                    }
-                    if *digits == 0 {
-                        return Err(InvalidBody("missing chunk size"));
                     }
                     *self = match *size {
                         0 => Chunked::Trailers {
@@ -228,35 +276,65 @@ impl Chunked {
                     };
                     return Ok(());
                 }
-                match byte {
-                    b'\r' => *cr = true,
-                    b'\n' => return Err(InvalidBody("bare LF in chunk size line")),
-                    _ if *ext => {}
-                    b';' => *ext = true,
-                    b' ' | b'\t' if *digits > 0 => *ext = true, // BWS before an extension
-                    _ => {
-                        let digit = (byte as char).to_digit(16).ok_or(InvalidBody("invalid chunk size"))?;
-                        if *digits >= 16 {
-                            return Err(InvalidBody("chunk size too large"));
-                        }
-                        *size = *size * 16 + u64::from(digit);
-                        *digits += 1;
+                // Whitespace is only BWS before `;` or `=`: a line may not end in it.
+                let ends_item = matches!(
+                    at,
+                    SizeLine::Digits | SizeLine::Name | SizeLine::Token | SizeLine::QuotedEnd
+                );
+                *at = match (*at, byte) {
+                    (SizeLine::Quoted, b'"') => SizeLine::QuotedEnd,
+                    (SizeLine::Quoted, b'\\') => SizeLine::QuotedPair,
+                    (SizeLine::Quoted, b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff) => SizeLine::Quoted,
+                    (SizeLine::QuotedPair, b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff) => SizeLine::Quoted,
+                    (SizeLine::Quoted | SizeLine::QuotedPair, _) => {
+                        return Err(InvalidBody("invalid quoted chunk extension value"))
                     }
-                }
+                    (_, b'\r') if ends_item && *len > 1 => {
+                        *cr = true;
+                        *at
+                    }
+                    (_, b'\n') => return Err(InvalidBody("bare LF in chunk size line")),
+                    (SizeLine::Digits, _) if byte.is_ascii_hexdigit() => {
+                        let digit = u64::from((byte as char).to_digit(16).unwrap_or(0));
+                        // Leading zeros are valid and do not count toward the bound.
+                        if *digits > 0 || digit > 0 {
+                            if *digits >= 16 {
+                                return Err(InvalidBody("chunk size too large"));
+                            }
+                            *digits += 1;
+                        }
+                        *size = *size * 16 + digit;
+                        SizeLine::Digits
+                    }
+                    (SizeLine::Digits, _) if *len == 1 => return Err(InvalidBody("missing chunk size")),
+                    // BWS: whitespace around `;` and `=`.
+                    (SizeLine::Digits | SizeLine::Token | SizeLine::QuotedEnd | SizeLine::AfterItem, b' ' | b'\t') => {
+                        SizeLine::AfterItem
+                    }
+                    (SizeLine::Name | SizeLine::AfterName, b' ' | b'\t') => SizeLine::AfterName,
+                    (SizeLine::BeforeName | SizeLine::BeforeValue, b' ' | b'\t') => *at,
+                    (
+                        SizeLine::Digits
+                        | SizeLine::Token
+                        | SizeLine::QuotedEnd
+                        | SizeLine::AfterItem
+                        | SizeLine::Name
+                        | SizeLine::AfterName,
+                        b';',
+                    ) => SizeLine::BeforeName,
+                    (SizeLine::BeforeName | SizeLine::Name, _) if is_tchar(byte) => SizeLine::Name,
+                    (SizeLine::Name | SizeLine::AfterName, b'=') => SizeLine::BeforeValue,
+                    (SizeLine::BeforeValue, b'"') => SizeLine::Quoted,
+                    (SizeLine::BeforeValue | SizeLine::Token, _) if is_tchar(byte) => SizeLine::Token,
+                    (SizeLine::Digits, _) => return Err(InvalidBody("invalid chunk size")),
+                    _ => return Err(InvalidBody("invalid chunk extension")),
+                };
                 Ok(())
             }
             Chunked::DataEnd(cr) => {
                 match (*cr, byte) {
                     (false, b'\r') => *cr = true,
-                    (true, b'\n') => {
-                        *self = Chunked::Size {
-                            size: 0,
-                            digits: 0,
-                            ext: false,
-                            cr: false,
-                            len: 0,
-                        }
-                    }
+                    (true, b'\n') => *self = SIZE_LINE,
                     _ => return Err(InvalidBody("chunk data not followed by CRLF")),
                 }
                 Ok(())
@@ -481,6 +559,17 @@ mod tests {
         assert!(d.is_done());
     }
 
+    /// Issue 16: leading zeros in a chunk size are valid (and not counted toward its bound);
+    /// extensions follow RFC 9112 §7.1.1 (`;` first, a token name, a token or quoted value,
+    /// whitespace only around `;` and `=`).
+    #[test]
+    fn chunk_sizes_with_leading_zeros_and_valid_extensions_decode() {
+        let wire = b"000000000000000000005\r\nhello\r\n6 ; a = b ;c;d=\"x \\\" y\"\r\n world\r\n00\r\n\r\n";
+        let mut d = chunked();
+        assert_eq!(decode_all(&mut d, wire).unwrap(), b"hello world");
+        assert!(d.is_done());
+    }
+
     #[test]
     fn broken_chunked_framing_is_refused() {
         for wire in [
@@ -488,8 +577,21 @@ mod tests {
             b"5\r\nhelloX\r\n0\r\n\r\n",
             b"g\r\n",
             b"\r\n",
+            b" 5\r\n",
             b"11111111111111111\r\n",
             b"0\r\nx: 1\n\r\n",
+            // Extensions: no `;`, an empty name, a bad character, an open quote, whitespace
+            // at the end, a value that is no token.
+            b"5 x\r\n",
+            b"5;\r\n",
+            b"5;=b\r\n",
+            b"5;a=\x01\r\n",
+            b"5;a=\"b\r\n",
+            b"5 \r\n",
+            b"5;a \r\n",
+            b"5;a=b c\r\n",
+            b"5;a=\"b\"c\r\n",
+            b"5;a=(b)\r\n",
         ] {
             let mut d = chunked();
             assert!(decode_all(&mut d, wire).is_err(), "{:?}", String::from_utf8_lossy(wire));
@@ -522,10 +624,20 @@ mod tests {
             framing(v11, &headers(&[("content-length", "12")])),
             Ok(Framing::Length(12))
         );
+        // Leading zeros are valid; any second length, even an equal one, is refused.
         assert_eq!(
-            framing(v11, &headers(&[("content-length", "12"), ("content-length", "12")])),
+            framing(v11, &headers(&[("content-length", "0000000000000000000000012")])),
             Ok(Framing::Length(12))
         );
+        for twice in [
+            &[("content-length", "12"), ("content-length", "12")][..],
+            &[("content-length", "12, 12")],
+        ] {
+            assert_eq!(
+                framing(v11, &headers(twice)),
+                Err(rejected(StatusCode::BAD_REQUEST, "http1.codec_error"))
+            );
+        }
         assert_eq!(
             framing(v11, &headers(&[("transfer-encoding", "Chunked")])),
             Ok(Framing::Chunked)

@@ -1,0 +1,446 @@
+//! Issue 16: the HTTP/1.1 codec as strict as Envoy 1.40 (and stricter where RFC 9112 says so),
+//! through the real binary and a byte-level origin that records what it received
+//! ([`ScriptedOrigin`]). The expected answers and log lines were taken from Envoy 1.40 on the
+//! same raw requests (an HCM with Istio's gateway settings and a `prefix: /` route); where
+//! egressd differs on purpose, the case says so.
+//!
+//! Loopback address 127.0.0.190 (origin).
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::egressd::{Egressd, EgressdOptions};
+use support::scripted::ScriptedOrigin;
+
+const HOST: &str = "strict.example.com";
+const ORIGIN_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 190);
+
+fn istio_yaml(origin_port: u16) -> String {
+    format!(
+        "\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ['*']
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: strict}}
+spec:
+  hosts: [{HOST}]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {ORIGIN_IP}, ports: {{http: {origin_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: strict}}
+spec:
+  hosts: [{HOST}]
+  gateways: [gw]
+  http:
+  - route: [{{destination: {{host: {HOST}, port: {{number: 80}}}}}}]
+"
+    )
+}
+
+/// Answers the origin gives by path: framing errors Envoy answers with 502 `UPE`.
+fn script() -> Vec<(&'static str, Vec<u8>)> {
+    let mut flood = b"HTTP/1.1 102 Processing\r\n\r\n".repeat(3000);
+    flood.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello");
+    let mut some_interim = b"HTTP/1.1 102 Processing\r\n\r\n".repeat(200);
+    some_interim.extend_from_slice(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n");
+    some_interim.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello");
+    vec![
+        (
+            "/both",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        (
+            "/two-lengths",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!".to_vec(),
+        ),
+        (
+            "/same-lengths",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\nhello".to_vec(),
+        ),
+        (
+            "/gzip-chunked",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "/obs-fold",
+            b"HTTP/1.1 200 OK\r\nx-a: b\r\n c\r\ncontent-length: 5\r\n\r\nhello".to_vec(),
+        ),
+        ("/interim-flood", flood),
+        ("/interim", some_interim),
+    ]
+}
+
+struct Gateway {
+    e: Egressd,
+    origin: ScriptedOrigin,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Gateway {
+    let origin = ScriptedOrigin::start(SocketAddr::new(ORIGIN_IP.into(), 0), &script());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("istio.yaml"), istio_yaml(origin.addr().port())).unwrap();
+    let mut opts = EgressdOptions::new(dir.path());
+    opts.port_mapping = vec![(80, 0)];
+    let e = Egressd::start_async(opts).await;
+    Gateway { e, origin, _dir: dir }
+}
+
+/// What a raw exchange got: the bytes, and how the connection ended.
+#[derive(Debug)]
+struct Raw {
+    text: String,
+    /// `Some(false)`: FIN; `Some(true)`: reset; `None`: still open after the wait.
+    closed: Option<bool>,
+}
+
+impl Raw {
+    fn status(&self) -> Option<u16> {
+        self.text.get(9..12)?.parse().ok()
+    }
+}
+
+/// Writes `bytes` on a new connection and reads for `wait` or until the gateway closes.
+async fn raw(g: &Gateway, bytes: &[u8], wait: Duration) -> Raw {
+    let mut s = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    read_for(&mut s, wait).await
+}
+
+async fn read_for(s: &mut TcpStream, wait: Duration) -> Raw {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + wait;
+    let closed = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => break None,
+            Ok(Ok(0)) => break Some(false),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => break Some(true),
+        }
+    };
+    Raw {
+        text: String::from_utf8_lossy(&out).into_owned(),
+        closed,
+    }
+}
+
+/// The access-log line containing `needle` (waits up to 5 s).
+async fn log_line(e: &Egressd, needle: &str) -> String {
+    nth_log_line(e, needle, 0).await
+}
+
+/// The `n`th (from 0) access-log line containing `needle` (waits up to 5 s).
+async fn nth_log_line(e: &Egressd, needle: &str, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(line) = e.access_log_lines().into_iter().filter(|l| l.contains(needle)).nth(n) {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access-log line with {needle:?}: {:#?}",
+            e.access_log_lines()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// Request heads the gateway refuses itself: status, access-log fragment (Envoy's, unless
+/// said), and the close after the answer. None reaches the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused_and_never_forwarded() {
+    let g = start().await;
+    let h = format!("host: {HOST}\r\n");
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "two equal Content-Length fields",
+            format!("POST /a HTTP/1.1\r\n{h}content-length: 2\r\ncontent-length: 2\r\n\r\nhi"),
+            400,
+            "\"- - HTTP/1.1\" 400 DPE http1.codec_error ",
+        ),
+        (
+            "a Content-Length list",
+            format!("POST /a HTTP/1.1\r\n{h}content-length: 2, 2\r\n\r\nhi"),
+            400,
+            "\"- - HTTP/1.1\" 400 DPE http1.codec_error ",
+        ),
+        (
+            "authority-form on GET",
+            format!("GET {HOST}:80 HTTP/1.1\r\n{h}\r\n"),
+            400,
+            "\"- - HTTP/1.1\" 400 DPE http1.codec_error ",
+        ),
+        (
+            "asterisk-form on GET",
+            format!("GET * HTTP/1.1\r\n{h}\r\n"),
+            400,
+            "\"- - HTTP/1.1\" 400 DPE http1.invalid_url ",
+        ),
+        (
+            "no Host",
+            "GET /no-host HTTP/1.1\r\n\r\n".to_string(),
+            400,
+            "\"GET /no-host HTTP/1.1\" 400 - missing_host_header ",
+        ),
+        (
+            "an invalid Host",
+            "GET / HTTP/1.1\r\nhost: a b\r\n\r\n".to_string(),
+            400,
+            "\"- - HTTP/1.1\" 400 DPE http.invalid_authority ",
+        ),
+        // Envoy joins two Host fields and forwards `a,a`; RFC 9112 §3.2 says 400.
+        (
+            "two Host fields",
+            format!("GET /two-hosts HTTP/1.1\r\n{h}{h}\r\n"),
+            400,
+            "\"- - HTTP/1.1\" 400 DPE http1.codec_error ",
+        ),
+        // Envoy forwards these two; neither names a host the gateway can route by. Logged as
+        // Envoy logs its codec errors.
+        (
+            "an empty Host",
+            "GET /empty-host HTTP/1.1\r\nhost: \r\n\r\n".to_string(),
+            400,
+            "\"- - HTTP/1.1\" 400 DPE http.invalid_authority ",
+        ),
+        (
+            "userinfo in Host",
+            format!("GET /userinfo HTTP/1.1\r\nhost: user@{HOST}\r\n\r\n"),
+            400,
+            "\"- - HTTP/1.1\" 400 DPE http.invalid_authority ",
+        ),
+        (
+            "a malformed chunk size",
+            format!("POST /bad-chunk HTTP/1.1\r\n{h}transfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+            400,
+            "\"POST /bad-chunk HTTP/1.1\" 400 DPE http1.codec_error ",
+        ),
+        // Envoy accepts both of these; RFC 9112 §7.1.1 does not.
+        (
+            "a chunk extension without `;`",
+            format!("POST /ext HTTP/1.1\r\n{h}transfer-encoding: chunked\r\n\r\n5 x\r\nhello\r\n0\r\n\r\n"),
+            400,
+            "\"POST /ext HTTP/1.1\" 400 DPE http1.codec_error ",
+        ),
+        (
+            "a control byte in a chunk extension",
+            format!("POST /ext2 HTTP/1.1\r\n{h}transfer-encoding: chunked\r\n\r\n5;a=\x01\r\nhello\r\n0\r\n\r\n"),
+            400,
+            "\"POST /ext2 HTTP/1.1\" 400 DPE http1.codec_error ",
+        ),
+    ];
+    for (i, (what, request, status, log)) in cases.iter().enumerate() {
+        let earlier = cases[..i].iter().filter(|c| c.3 == *log).count();
+        let r = raw(&g, request.as_bytes(), CLOSE_WAIT).await;
+        assert_eq!(r.status(), Some(*status), "{what}: {r:?}");
+        assert_eq!(
+            r.closed,
+            Some(false),
+            "{what}: not closed with a FIN after the answer: {r:?}"
+        );
+        assert!(r.text.contains("connection: close\r\n"), "{what}: {r:?}");
+        let line = nth_log_line(&g.e, log, earlier).await;
+        eprintln!("{what}: {line}");
+    }
+    // A chunk error may be found after the head went upstream; nothing else may have.
+    let heads = g.origin.heads();
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.starts_with("POST /bad-chunk") || h.starts_with("POST /ext")),
+        "refused requests reached the origin: {heads:#?}"
+    );
+    assert_eq!(
+        g.e.stat("cluster.outbound|80||strict.example.com.upstream_rq_retry"),
+        Some(0)
+    );
+}
+
+/// CONNECT is never forwarded: 404 NR as Envoy answers it (no route of an Istio gateway has a
+/// `connect_matcher`), and the connection closes (what follows was meant for a tunnel).
+/// `OPTIONS *` is 404 `absolute_path_rejected` and the connection carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_asterisk_form_are_answered_by_the_gateway() {
+    let g = start().await;
+    let connect = format!("CONNECT {HOST}:443 HTTP/1.1\r\nhost: {HOST}:443\r\n\r\n\x16\x03\x01tunnel bytes");
+    let r = raw(&g, connect.as_bytes(), CLOSE_WAIT).await;
+    assert_eq!(r.status(), Some(404), "{r:?}");
+    assert_eq!(r.closed, Some(false), "{r:?}");
+    log_line(&g.e, "\"CONNECT - HTTP/1.1\" 404 NR route_not_found - \"-\" 0 0 ").await;
+
+    let mut s = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
+    let options = format!("OPTIONS * HTTP/1.1\r\nhost: {HOST}\r\n\r\nGET /after HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
+    s.write_all(options.as_bytes()).await.unwrap();
+    let r = read_for(&mut s, Duration::from_millis(700)).await;
+    assert!(r.text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{r:?}");
+    assert!(
+        r.text.contains("HTTP/1.1 200 OK\r\n"),
+        "the connection carried on: {r:?}"
+    );
+    log_line(&g.e, "\"OPTIONS * HTTP/1.1\" 404 - absolute_path_rejected ").await;
+
+    assert_eq!(
+        g.origin
+            .heads()
+            .iter()
+            .map(|h| h.lines().next().unwrap_or("").to_string())
+            .collect::<Vec<_>>(),
+        ["GET /after HTTP/1.1"],
+        "only the request after OPTIONS * reached the origin"
+    );
+}
+
+/// What is accepted is forwarded framed by its body: leading zeros in a length or a chunk
+/// size, valid chunk extensions (dropped, the body re-chunked), absolute-form (its authority
+/// wins over Host, RFC 9112 §3.2.2), and HTTP/1.0 `keep-alive, close` closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_requests_are_forwarded_normalized() {
+    let g = start().await;
+    let h = format!("host: {HOST}\r\n");
+    let r = raw(
+        &g,
+        format!("POST /zeros HTTP/1.1\r\n{h}content-length: 0002\r\n\r\nhi").as_bytes(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    let r = raw(
+        &g,
+        format!("POST /chunks HTTP/1.1\r\n{h}transfer-encoding: chunked\r\n\r\n0005;a=\"b c\";d\r\nhello\r\n0\r\n\r\n")
+            .as_bytes(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    let r = raw(
+        &g,
+        format!("GET http://{HOST}/absolute HTTP/1.1\r\nhost: other.example\r\n\r\n").as_bytes(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    let r = raw(
+        &g,
+        format!("GET /ten HTTP/1.0\r\n{h}connection: keep-alive, close\r\n\r\n").as_bytes(),
+        CLOSE_WAIT,
+    )
+    .await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    assert_eq!(r.closed, Some(false), "close must win over keep-alive: {r:?}");
+
+    let conns = g.origin.connections();
+    let find = |path: &str| {
+        conns
+            .iter()
+            .flat_map(|c| c.heads.iter().zip(&c.bodies))
+            .find(|(h, _)| h.contains(path))
+            .map(|(h, b)| (h.to_ascii_lowercase(), String::from_utf8_lossy(b).into_owned()))
+            .unwrap_or_else(|| panic!("{path} did not reach the origin: {conns:#?}"))
+    };
+    let (head, body) = find("/zeros");
+    assert!(head.contains("\r\ncontent-length: 2") && body == "hi", "{head}");
+    let (head, body) = find("/chunks");
+    assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+    assert_eq!(body, "5\r\nhello\r\n0\r\n\r\n");
+    let (head, _) = find("/absolute");
+    assert!(head.starts_with("get /absolute http/1.1\r\n"), "{head}");
+    assert!(head.contains(&format!("\r\nhost: {HOST}")), "{head}");
+}
+
+/// An upstream's framing errors are 502 `UPE` answered once, as Envoy 1.40 answers them, and
+/// not retried under Istio's default retry policy; a bounded number of interim answers is
+/// passed over, a flood of them is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_framing_errors_are_502_upe_and_not_retried() {
+    let g = start().await;
+    for path in [
+        "/both",
+        "/two-lengths",
+        "/same-lengths",
+        "/gzip-chunked",
+        "/obs-fold",
+        "/interim-flood",
+    ] {
+        let before = g.origin.heads().len();
+        let r = raw(
+            &g,
+            format!("GET {path} HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes(),
+            Duration::from_millis(700),
+        )
+        .await;
+        assert_eq!(r.status(), Some(502), "{path}: {r:?}");
+        assert!(
+            r.text
+                .ends_with("upstream connect error or disconnect/reset before headers. reset reason: protocol error"),
+            "{path}: {r:?}"
+        );
+        log_line(
+            &g.e,
+            &format!("\"GET {path} HTTP/1.1\" 502 UPE upstream_reset_before_response_started{{protocol_error}} "),
+        )
+        .await;
+        assert_eq!(g.origin.heads().len(), before + 1, "{path}: sent more than once");
+    }
+    assert_eq!(
+        g.e.stat("cluster.outbound|80||strict.example.com.upstream_rq_retry"),
+        Some(0)
+    );
+    let r = raw(
+        &g,
+        format!("GET /interim HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes(),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        r.text.starts_with("HTTP/1.1 200 OK\r\n") && r.text.ends_with("hello"),
+        "{r:?}"
+    );
+}
+
+/// A refusal or a local reply that leaves input unread closes gracefully: the write side
+/// first, then the rest of the client's bytes are read and dropped, so the client gets the
+/// whole answer and a FIN, never a reset that could destroy the answer before it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closes_after_unread_input_are_graceful() {
+    let g = start().await;
+    // 431 with the rest of a 100 KiB header still coming.
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: {HOST}\r\nx-big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let r = raw(&g, big.as_bytes(), CLOSE_WAIT).await;
+    assert_eq!((r.status(), r.closed), (Some(431), Some(false)), "{r:?}");
+    // A 404 (no route) for a POST whose 200 KiB body is never read.
+    let mut post = b"POST /x HTTP/1.1\r\nhost: unrouted.example\r\ncontent-length: 204800\r\n\r\n".to_vec();
+    post.extend(std::iter::repeat_n(b'x', 200 * 1024));
+    let r = raw(&g, &post, CLOSE_WAIT).await;
+    assert_eq!((r.status(), r.closed), (Some(404), Some(false)), "{r:?}");
+    // `Connection: close` with a pipelined request behind it: one answer, then the FIN.
+    let pipelined = format!(
+        "GET /first HTTP/1.1\r\nhost: {HOST}\r\nconnection: close\r\n\r\nGET /second HTTP/1.1\r\nhost: {HOST}\r\n\r\n"
+    );
+    let r = raw(&g, pipelined.as_bytes(), CLOSE_WAIT).await;
+    assert_eq!((r.status(), r.closed), (Some(200), Some(false)), "{r:?}");
+    assert_eq!(r.text.matches("HTTP/1.1 ").count(), 1, "{r:?}");
+}
