@@ -198,6 +198,17 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ListenerContext>, mut stopp
     }
 }
 
+/// The address a connection arrived on, as Envoy logs `%DOWNSTREAM_LOCAL_ADDRESS%`: the
+/// listener's own when it is bound to one address; for a wildcard bind (`0.0.0.0:8080`) the
+/// socket's (getsockname(2), once per connection, never per request): in a pod, the pod's IP.
+fn arrived_on(ctx: &ListenerContext, stream: &TcpStream) -> SocketAddr {
+    if ctx.local.ip().is_unspecified() {
+        stream.local_addr().unwrap_or(ctx.local)
+    } else {
+        ctx.local
+    }
+}
+
 /// tokio marks an accepted socket readable before the kernel has said so, so that the first
 /// read is tried at once; a TLS client usually sends its ClientHello a little after the TCP
 /// handshake completes, so that read finds nothing (measured: one failed `recvfrom` per new
@@ -218,6 +229,7 @@ fn forget_assumed_readiness(stream: &TcpStream) {
 fn spawn_connection(ctx: Arc<ListenerContext>, stream: TcpStream, remote: SocketAddr, guard: ConnectionGuard) {
     // No setsockopt per connection: accepted sockets inherit TCP_NODELAY from the listener
     // (`bind`; a test below checks it).
+    let local = arrived_on(&ctx, &stream);
     // A connection keeps the snapshot it started with for its whole life.
     let snapshot = ctx.snapshot.load_full();
     let Some(index) = snapshot.listeners.iter().position(|l| l.name == ctx.name) else {
@@ -226,14 +238,14 @@ fn spawn_connection(ctx: Arc<ListenerContext>, stream: TcpStream, remote: Socket
     match &snapshot.listeners[index].kind {
         ListenerKind::Http(_) => {
             tokio::spawn(async move {
-                http::serve_plain(ctx, snapshot, index, stream, remote).await;
+                http::serve_plain(ctx, snapshot, index, stream, local, remote).await;
                 drop(guard);
             });
         }
         ListenerKind::Tls(_) => {
             forget_assumed_readiness(&stream);
             tokio::spawn(async move {
-                let terminate = tls::serve(ctx.clone(), snapshot.clone(), index, stream, remote).await;
+                let terminate = tls::serve(ctx.clone(), snapshot.clone(), index, stream, local, remote).await;
                 if let Some((chain, session)) = terminate {
                     // A new task, sized for the terminated connection alone; this one ends.
                     tokio::spawn(async move {
@@ -251,6 +263,7 @@ fn spawn_connection(ctx: Arc<ListenerContext>, stream: TcpStream, remote: Socket
                     let session = crate::proxy::tcp::TcpSession {
                         downstream: stream,
                         replay: Vec::new(),
+                        local,
                         remote,
                         server_name: None,
                         peer_identity: None,

@@ -94,11 +94,16 @@ struct Gateway {
 }
 
 async fn start() -> Gateway {
+    start_bound(Ipv4Addr::LOCALHOST).await
+}
+
+async fn start_bound(bind: Ipv4Addr) -> Gateway {
     let origin = ScriptedOrigin::start(SocketAddr::new(ORIGIN_IP.into(), 0), &script());
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("istio.yaml"), istio_yaml(origin.addr().port())).unwrap();
     let mut opts = EgressdOptions::new(dir.path());
     opts.port_mapping = vec![(80, 0)];
+    opts.bind_address = bind.into();
     let e = Egressd::start_async(opts).await;
     Gateway { e, origin, _dir: dir }
 }
@@ -443,4 +448,24 @@ async fn closes_after_unread_input_are_graceful() {
     let r = raw(&g, pipelined.as_bytes(), CLOSE_WAIT).await;
     assert_eq!((r.status(), r.closed), (Some(200), Some(false)), "{r:?}");
     assert_eq!(r.text.matches("HTTP/1.1 ").count(), 1, "{r:?}");
+}
+
+/// `%DOWNSTREAM_LOCAL_ADDRESS%` is the address a connection arrived on, as Envoy logs it (in a
+/// pod, the pod IP), not the listener's wildcard bind address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_the_address_a_connection_arrived_on() {
+    let g = start_bound(Ipv4Addr::UNSPECIFIED).await;
+    let port = g.e.bound_port(80);
+    let arrived = SocketAddr::new(Ipv4Addr::new(127, 0, 0, 191).into(), port);
+    let mut s = TcpStream::connect(arrived).await.unwrap();
+    for path in ["/one", "/two"] {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let r = read_for(&mut s, Duration::from_millis(300)).await;
+        assert_eq!(r.status(), Some(200), "{r:?}");
+        let line = log_line(&g.e, &format!("\"GET {path} HTTP/1.1\" 200")).await;
+        assert!(line.contains(&format!(" {arrived} 127.0.0.1:")), "{line}");
+        assert!(!line.contains("0.0.0.0"), "{line}");
+    }
 }

@@ -34,11 +34,12 @@ pub async fn serve_plain<S>(
     snapshot: Arc<Snapshot>,
     listener: usize,
     stream: S,
+    local: SocketAddr,
     remote: SocketAddr,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve(ctx, snapshot, listener, None, stream, remote, "http", None, None).await
+    serve(ctx, snapshot, listener, None, stream, local, remote, "http", None, None).await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -48,6 +49,7 @@ pub async fn serve<S>(
     listener: usize,
     chain: Option<usize>,
     stream: S,
+    local: SocketAddr,
     remote: SocketAddr,
     scheme: &'static str,
     sni: Option<Box<str>>,
@@ -68,7 +70,7 @@ pub async fn serve<S>(
         hcm: hcm_of,
         listener,
         chain,
-        local: ctx.local,
+        local,
         remote,
         scheme,
         sni,

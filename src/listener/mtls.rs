@@ -73,6 +73,7 @@ pub async fn serve(
                 listener,
                 Some(chain),
                 accepted.stream,
+                accepted.local,
                 accepted.remote,
                 "https",
                 sni,
@@ -84,6 +85,7 @@ pub async fn serve(
             let session = TcpSession {
                 downstream: accepted.stream,
                 replay: Vec::new(),
+                local: accepted.local,
                 remote: accepted.remote,
                 server_name: accepted.server_name,
                 peer_identity: accepted.peer_identity,
@@ -101,6 +103,7 @@ struct Accepted {
     /// Boxed once: moved by value through the serving futures, the 1.2 KiB TLS stream would be
     /// laid out in each of them.
     stream: Box<TlsStream<Prefixed<TcpStream>>>,
+    local: std::net::SocketAddr,
     remote: std::net::SocketAddr,
     server_name: Option<String>,
     peer_identity: Option<Arc<str>>,
@@ -124,6 +127,7 @@ async fn accept(
     let TcpSession {
         downstream,
         replay,
+        local,
         remote,
         server_name,
         started,
@@ -153,6 +157,7 @@ async fn accept(
     let peer_identity = identity::peer_identity(stream.get_ref().1.peer_certificates());
     Some(Accepted {
         stream: Box::new(stream),
+        local,
         remote,
         server_name,
         peer_identity,

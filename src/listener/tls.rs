@@ -22,6 +22,7 @@ pub async fn serve(
     snapshot: Arc<Snapshot>,
     index: usize,
     mut stream: TcpStream,
+    local: SocketAddr,
     remote: SocketAddr,
 ) -> Option<(usize, TcpSession<TcpStream>)> {
     let started = SystemTime::now();
@@ -40,24 +41,25 @@ pub async fn serve(
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
             tracing::debug!(listener = %ctx.name, %remote, reason = e.as_str(), "ClientHello refused");
-            refuse(&ctx, started, remote, None, e.as_str());
+            refuse(&ctx, started, local, remote, None, e.as_str());
             return None;
         }
         Err(_) => {
             ctx.stats.downstream_pre_cx_timeout.inc();
-            refuse(&ctx, started, remote, None, "client_hello_timeout");
+            refuse(&ctx, started, local, remote, None, "client_hello_timeout");
             return None;
         }
     };
     let server_name = info.server_name.clone();
     let found = listener.sni_index.find(server_name.as_deref().unwrap_or(""));
     let Some((chain_index, chain)) = found.and_then(|i| Some((i, chains.get(i)?))) else {
-        refuse(&ctx, started, remote, server_name, "no_matching_server_name");
+        refuse(&ctx, started, local, remote, server_name, "no_matching_server_name");
         return None;
     };
     let session = TcpSession {
         downstream: stream,
         replay,
+        local,
         remote,
         server_name,
         peer_identity: None,
@@ -79,7 +81,14 @@ pub async fn serve(
                 };
                 tcp::proxy(&ctx, &snapshot, &route, session).await
             }
-            _ => refuse(&ctx, started, remote, session.server_name, "no_cluster_for_server_name"),
+            _ => refuse(
+                &ctx,
+                started,
+                local,
+                remote,
+                session.server_name,
+                "no_cluster_for_server_name",
+            ),
         },
         // TLS termination goes on in a task of its own (`listener::spawn_connection`), sized
         // for it alone rather than for a passthrough tunnel too.
@@ -102,6 +111,7 @@ fn auto_passthrough_cluster(sni: &str) -> Option<String> {
 fn refuse(
     ctx: &ListenerContext,
     started: SystemTime,
+    local: SocketAddr,
     remote: SocketAddr,
     server_name: Option<String>,
     why: &'static str,
@@ -111,7 +121,7 @@ fn refuse(
     let mut record = AccessLogRecord::new(started);
     record.response_flags.insert(ResponseFlags::NR);
     record.response_code_details = Some("filter_chain_not_found".into());
-    record.downstream_local_address = Some(ctx.local);
+    record.downstream_local_address = Some(local);
     record.downstream_remote_address = Some(remote);
     record.requested_server_name = server_name.map(Into::into);
     record.duration_ms = started.elapsed().map(|d| d.as_millis() as u64).unwrap_or(0);

@@ -18,6 +18,8 @@ pub struct TcpSession<S> {
     pub downstream: S,
     /// Bytes already read from downstream (the ClientHello), sent upstream first.
     pub replay: Vec<u8>,
+    /// The address the connection arrived on.
+    pub local: SocketAddr,
     pub remote: SocketAddr,
     pub server_name: Option<String>,
     pub peer_identity: Option<Arc<str>>,
@@ -30,7 +32,7 @@ where
 {
     let clock = Instant::now();
     let mut record = AccessLogRecord::new(session.started);
-    record.downstream_local_address = Some(ctx.local);
+    record.downstream_local_address = Some(session.local);
     record.downstream_remote_address = Some(session.remote);
     record.requested_server_name = session.server_name.as_deref().map(Into::into);
     record.downstream_peer_uri_san = session.peer_identity.clone();

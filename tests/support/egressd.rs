@@ -53,6 +53,8 @@ pub struct EgressdOptions {
     /// `--concurrency`: 2 by default, a fixed count so that tests (fds, pools per worker) do
     /// not depend on the machine's CPUs.
     pub concurrency: usize,
+    /// `--bind-address` of the gateway listeners: 127.0.0.1 by default.
+    pub bind_address: std::net::IpAddr,
     /// Appended after the flags above.
     pub extra_args: Vec<String>,
     /// Extra environment (after `EGRESSD_LOG=info`, so it can override it).
@@ -70,6 +72,7 @@ impl Default for EgressdOptions {
             port_mapping: vec![(80, 0), (443, 0)],
             access_log: LogFormat::Text,
             concurrency: 2,
+            bind_address: Ipv4Addr::LOCALHOST.into(),
             extra_args: Vec::new(),
             env: Vec::new(),
             binary: None,
@@ -181,7 +184,7 @@ impl Egressd {
             .args(["--admin", &admin.to_string()])
             .args(["--health", &health.to_string()])
             .args(["--prometheus", &prometheus.to_string()])
-            .args(["--bind-address", "127.0.0.1"]);
+            .args(["--bind-address", &opts.bind_address.to_string()]);
         if !ports.is_empty() {
             let mapping: Vec<String> = ports.iter().map(|(s, b)| format!("{s}={b}")).collect();
             cmd.args(["--port-mapping", &mapping.join(",")]);
