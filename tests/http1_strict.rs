@@ -21,6 +21,11 @@ const HOST: &str = "strict.example.com";
 const ORIGIN_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 190);
 
 fn istio_yaml(origin_port: u16) -> String {
+    istio_yaml_for(HOST, ORIGIN_IP, origin_port)
+}
+
+/// A Gateway on 80 for every host, and `host` routed to `ip:port`.
+fn istio_yaml_for(host: &str, ip: Ipv4Addr, port: u16) -> String {
     format!(
         "\
 apiVersion: networking.istio.io/v1
@@ -36,19 +41,19 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: strict}}
 spec:
-  hosts: [{HOST}]
+  hosts: [{host}]
   ports: [{{number: 80, name: http, protocol: HTTP}}]
   resolution: STATIC
-  endpoints: [{{address: {ORIGIN_IP}, ports: {{http: {origin_port}}}}}]
+  endpoints: [{{address: {ip}, ports: {{http: {port}}}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: strict}}
 spec:
-  hosts: [{HOST}]
+  hosts: [{host}]
   gateways: [gw]
   http:
-  - route: [{{destination: {{host: {HOST}, port: {{number: 80}}}}}}]
+  - route: [{{destination: {{host: {host}, port: {{number: 80}}}}}}]
 "
     )
 }
@@ -468,4 +473,114 @@ async fn the_access_log_names_the_address_a_connection_arrived_on() {
         assert!(line.contains(&format!(" {arrived} 127.0.0.1:")), "{line}");
         assert!(!line.contains("0.0.0.0"), "{line}");
     }
+}
+
+/// Issue 16: WebSocket through the gateway (Istio's gateway enables the `websocket` upgrade):
+/// the upgrade headers are forwarded, the `101` relayed, then the connection is a byte tunnel
+/// both ways, logged once as Envoy logs it (`101 - via_upstream` with the tunnel's bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_become_tunnels() {
+    let g = start().await;
+    let mut s = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nhost: {HOST}\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+    );
+    s.write_all(upgrade.as_bytes()).await.unwrap();
+    let r = read_for(&mut s, Duration::from_millis(500)).await;
+    assert!(r.text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{r:?}");
+    let head = r.text.to_ascii_lowercase();
+    assert!(
+        head.contains("\r\nconnection: upgrade\r\n") && head.contains("\r\nupgrade: websocket\r\n"),
+        "{r:?}"
+    );
+    assert!(
+        !head.contains("content-length") && !head.contains("transfer-encoding"),
+        "{r:?}"
+    );
+    // Bytes both ways, as they are (the origin echoes).
+    for message in [&b"\x81\x05hello"[..], &[0x42; 70_000]] {
+        s.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed))
+            .await
+            .expect("echo within 5 s")
+            .unwrap();
+        assert!(echoed == message, "the tunnel changed the bytes");
+    }
+    drop(s);
+    let line = log_line(&g.e, "\"GET /ws HTTP/1.1\" 101 - via_upstream ").await;
+    assert!(line.contains(" 70007 70007 "), "bytes of the tunnel: {line}");
+    let head = g
+        .origin
+        .heads()
+        .into_iter()
+        .find(|h| h.starts_with("GET /ws"))
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        head.contains("\r\nupgrade: websocket") && head.contains("\r\nconnection: upgrade"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nsec-websocket-key: dghlihnhbxbszsbub25jzq=="),
+        "{head}"
+    );
+
+    // An upgrade the origin declines stays HTTP on a connection that carries on.
+    let mut s = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
+    let declined = format!(
+        "GET /declined HTTP/1.1\r\nhost: {HOST}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nGET /next HTTP/1.1\r\nhost: {HOST}\r\n\r\n"
+    );
+    s.write_all(declined.as_bytes()).await.unwrap();
+    let r = read_for(&mut s, Duration::from_millis(500)).await;
+    assert_eq!(r.text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{r:?}");
+}
+
+/// The same with real WebSocket peers (Python `websockets`, installed by `.ci/run`): a client
+/// through the gateway to an echo server, text and a 256 KiB binary message, a clean close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_websocket_client_and_server_talk_through_the_gateway() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/websocket/peer.py");
+    let ip = Ipv4Addr::new(127, 0, 0, 192);
+    let port = support::tools::free_port();
+    let mut server = std::process::Command::new("python3")
+        .args([script, "server", &ip.to_string(), &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut ready = String::new();
+    let mut out = std::io::BufReader::new(server.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
+    assert_eq!(
+        ready.trim(),
+        "ready",
+        "the WebSocket server did not start (is `websockets` installed?)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("istio.yaml"),
+        istio_yaml_for("ws.example.com", ip, port),
+    )
+    .unwrap();
+    let mut opts = EgressdOptions::new(dir.path());
+    opts.port_mapping = vec![(80, 0)];
+    let e = Egressd::start_async(opts).await;
+    let gateway = e.gateway_addr(80).to_string();
+    let client = tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args([script, "client", &gateway, "ws.example.com"]);
+        support::tools::run_with_timeout(cmd, None, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        client.status.success() && support::tools::stdout(&client).starts_with("ok "),
+        "{}\n{}",
+        support::tools::stdout(&client),
+        support::tools::stderr(&client)
+    );
+    let line = log_line(&e, "\"GET /ws HTTP/1.1\" 101 - via_upstream ").await;
+    eprintln!("{line}");
 }

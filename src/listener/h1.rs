@@ -49,6 +49,31 @@ pub trait Splice {
     fn spliced(&mut self, n: u64);
     /// The upstream side failed (or closed) mid-body.
     fn upstream_broken(&mut self);
+    /// The upstream connection of a `101 Switching Protocols` answer, with the bytes already
+    /// read past its head: the connection becomes a tunnel (WebSocket).
+    fn take_upgrade(&mut self) -> Option<Upgraded> {
+        None
+    }
+    /// The tunnel ended after moving these bytes from and to the client.
+    fn upgrade_finished(&mut self, _from_client: u64, _to_client: u64) {}
+}
+
+/// An upstream connection that switched protocols.
+pub struct Upgraded {
+    pub io: Box<dyn UpgradedIo>,
+    pub read: Bytes,
+}
+
+/// A byte stream a tunnel can run over.
+pub trait UpgradedIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpgradedIo for T {}
+
+/// What follows an exchange.
+enum Next<B> {
+    KeepAlive,
+    Close,
+    /// The response was a `101`: the connection is a tunnel from here on.
+    Upgrade(B),
 }
 
 /// Limits of the HTTP/1.1 codec, from the bootstrap.
@@ -119,9 +144,16 @@ where
                 return Ok(Ended::Closed);
             }
         };
-        if !Box::pin(exchange(&mut io, &mut buf, request, drain, &mut service, &reject)).await? {
-            linger_close(&mut io, &mut buf).await;
-            return Ok(Ended::Closed);
+        match Box::pin(exchange(&mut io, &mut buf, request, drain, &mut service, &reject)).await? {
+            Next::KeepAlive => {}
+            Next::Close => {
+                linger_close(&mut io, &mut buf).await;
+                return Ok(Ended::Closed);
+            }
+            Next::Upgrade(body) => {
+                tunnel(&mut io, &mut buf, body).await;
+                return Ok(Ended::Closed);
+            }
         }
         if buf.is_empty() {
             // Idle from here on: hold no buffer (the next read goes through the stack).
@@ -130,7 +162,30 @@ where
     }
 }
 
-/// One request and its response; `Ok(true)` when the connection can carry another.
+/// Relays bytes both ways between the client and the upstream that answered `101`, until
+/// either side closes; what either had sent past the heads goes first.
+async fn tunnel<S, B>(io: &mut S, buf: &mut BytesMut, mut body: B)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    B: Splice,
+{
+    let Some(mut upstream) = body.take_upgrade() else {
+        return;
+    };
+    let (mut from_client, mut to_client) = (buf.len() as u64, upstream.read.len() as u64);
+    let relayed = async {
+        io.write_all(&upstream.read).await?;
+        upstream.io.write_all(buf).await?;
+        tokio::io::copy_bidirectional(io, &mut upstream.io).await
+    };
+    if let Ok((up, down)) = relayed.await {
+        from_client += up;
+        to_client += down;
+    }
+    body.upgrade_finished(from_client, to_client);
+}
+
+/// One request and its response, and what the connection does next.
 async fn exchange<S, F, Fut, B>(
     io: &mut S,
     buf: &mut BytesMut,
@@ -138,7 +193,7 @@ async fn exchange<S, F, Fut, B>(
     drain: &Drain,
     service: &mut F,
     reject: &impl Fn(Rejected, Option<&http::request::Parts>),
-) -> io::Result<bool>
+) -> io::Result<Next<B>>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
     F: FnMut(Request<RequestBody>) -> Fut,
@@ -155,7 +210,7 @@ where
             // refused well-formed request with it.
             reject(why, (!why.protocol_error).then_some(&parts));
             write_rejection(io, why).await?;
-            return Ok(false);
+            return Ok(Next::Close);
         }
     };
     // A CONNECT is answered (no route takes it) and the connection closed: the bytes after it
@@ -224,8 +279,14 @@ where
         Poll::Ready(Ok::<bool, io::Error>(w.keep_alive))
     })
     .await?;
+    if let Some(body) = writer.and_then(|mut w| w.upgraded.take()) {
+        return Ok(Next::Upgrade(body));
+    }
     // Reused only when the whole request body was read and both sides want it.
-    Ok(written && body_intact && pump.is_none() && !drain.is_draining())
+    Ok(match written && body_intact && pump.is_none() && !drain.is_draining() {
+        true => Next::KeepAlive,
+        false => Next::Close,
+    })
 }
 
 /// The options of every `Connection` field, trimmed, empty list elements skipped.

@@ -187,6 +187,20 @@ impl crate::listener::h1::Splice for ProxyBody {
             upstream_reset(log);
         }
     }
+
+    fn take_upgrade(&mut self) -> Option<crate::listener::h1::Upgraded> {
+        match &mut self.inner {
+            Inner::Upstream(ResponseBody::Own(body)) => body.take_upgrade(),
+            _ => None,
+        }
+    }
+
+    fn upgrade_finished(&mut self, from_client: u64, to_client: u64) {
+        if let Some(log) = &mut self.log {
+            log.received.fetch_add(from_client, Ordering::Relaxed);
+            log.sent += to_client;
+        }
+    }
 }
 
 impl Drop for ProxyBody {

@@ -70,6 +70,7 @@ where
     let mut log = start_log(&conn, &req);
     let (mut parts, body) = req.into_parts();
     let downstream_version = parts.version;
+    let websocket = is_websocket_upgrade(&parts);
     prepare_request_headers(&conn, &mut parts.headers, parts.version);
     if conn.shared.logger.enabled() {
         log.record.x_forwarded_for = header_text(&parts.headers, &X_FORWARDED_FOR);
@@ -124,12 +125,33 @@ where
     apply_header_ops(&mut parts.headers, &route.request_headers);
     apply_header_ops(&mut parts.headers, &weighted.request_headers);
     let upstream_authority = rewrite(route, &mut parts.uri, &authority);
+    // Istio's gateway enables WebSocket upgrades; egressd's own HTTP/1.1 client (plaintext
+    // clusters) carries them. Elsewhere the upgrade headers stay removed and the request is an
+    // ordinary one.
+    let websocket = websocket && rt.config.protocol == UpstreamProtocol::Http1 && rt.config.tls.is_none();
+    if websocket {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
     let body = UpstreamBody::new(CountedRequestBody::new(body, log.received.clone()));
     match forward(&rt, route, parts, body, &upstream_authority, &mut log).await {
         Ok((mut response, service_time)) => {
             let status = response.status().as_u16();
             rt.stats.rq_completed(status);
             remove_hop_by_hop(response.headers_mut());
+            if status == 101 {
+                // Only an upgrade the client asked for gets here (the client refuses others).
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                response
+                    .headers_mut()
+                    .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            }
             response
                 .headers_mut()
                 .insert(X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_time));
@@ -183,6 +205,18 @@ fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
             .and_then(|h| h.to_str().ok())
             .map(str::to_string)
     })
+}
+
+/// An HTTP/1.1 `GET` asking to switch to WebSocket (RFC 6455 §4.1): `Upgrade: websocket` and
+/// `Connection: upgrade`.
+fn is_websocket_upgrade(parts: &http::request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.method == Method::GET
+        && crate::upstream::h1::is_upgrade(&parts.headers)
+        && parts.headers.get_all(header::UPGRADE).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")))
+        })
 }
 
 /// What Envoy's gateway does to request headers before routing (use_remote_address: true).

@@ -140,7 +140,21 @@ pub async fn send(
     .await?;
     let (parts_in, ()) = head.into_parts();
     if parts_in.status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(protocol_error("switched protocols, which no request asked for"));
+        if !is_upgrade(&parts.headers) || !upload.is_done() {
+            return Err(protocol_error("switched protocols, which no request asked for"));
+        }
+        // The connection is the tunnel's now; it never returns to the pool.
+        return Ok(Response::from_parts(
+            parts_in,
+            RawBody {
+                conn: Some(conn),
+                buf,
+                state: State::Upgraded,
+                keep_alive: false,
+                upload: None,
+                rt,
+            },
+        ));
     }
     let framing = response_framing(&parts.method, parts_in.status, &parts_in.headers)?;
     let mut keep_alive = framing.is_some() && wants_keep_alive(parts_in.version, &parts_in.headers);
@@ -167,6 +181,12 @@ pub async fn send(
         body.finish();
     }
     Ok(Response::from_parts(parts_in, body))
+}
+
+/// A request that asks to switch protocols (`Connection: upgrade` and an `Upgrade` field).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && crate::listener::h1::connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// The request going out: its head, then its body, framed.
@@ -381,6 +401,8 @@ enum State {
     /// No length and not chunked: the body is everything until the upstream closes.
     UntilClose,
     Done,
+    /// A `101`: no body; the connection waits for [`RawBody::take_upgrade`].
+    Upgraded,
 }
 
 /// A response body still on its upstream connection.
@@ -408,6 +430,19 @@ impl RawBody {
             }
             _ => None,
         }
+    }
+
+    /// The connection of a `101` answer and the bytes read past its head.
+    pub fn take_upgrade(&mut self) -> Option<crate::listener::h1::Upgraded> {
+        if !matches!(self.state, State::Upgraded) {
+            return None;
+        }
+        self.state = State::Done;
+        let conn = self.conn.take()?;
+        Some(crate::listener::h1::Upgraded {
+            io: Box::new(conn.io),
+            read: self.buf.split().freeze(),
+        })
     }
 
     /// `n` bytes of the body were moved past this reader.
@@ -456,7 +491,7 @@ impl Body for RawBody {
         }
         loop {
             match &mut this.state {
-                State::Done => return Poll::Ready(None),
+                State::Done | State::Upgraded => return Poll::Ready(None),
                 State::Decode(decoder) => match decoder.decode(&mut this.buf) {
                     Ok(Some(data)) => {
                         // Ended with this piece: the connection is free now, since a consumer
@@ -514,7 +549,7 @@ impl Body for RawBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.state {
-            State::Done => true,
+            State::Done | State::Upgraded => true,
             State::Decode(d) => d.is_done() && self.buf.is_empty(),
             State::UntilClose => false,
         }
@@ -522,7 +557,7 @@ impl Body for RawBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.state {
-            State::Done => SizeHint::with_exact(0),
+            State::Done | State::Upgraded => SizeHint::with_exact(0),
             State::Decode(Decoder::Length(left)) => SizeHint::with_exact(*left),
             _ => SizeHint::default(),
         }

@@ -153,6 +153,8 @@ impl WriteQueue {
 /// Writes one response: its head, then its body (Content-Length, chunked, or until close).
 pub(super) struct ResponseWriter<B> {
     body: Option<B>,
+    /// The body of a `101` answer, kept for the tunnel that follows.
+    pub(super) upgraded: Option<B>,
     queue: WriteQueue,
     chunked: bool,
     /// Body bytes still owed under a Content-Length.
@@ -172,6 +174,31 @@ where
     pub(super) fn new(response: Response<B>, method_head: bool, version: Version, keep_alive: bool) -> Self {
         let (mut parts, body) = response.into_parts();
         let status = parts.status;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // The upgrade's own `connection` and `upgrade` fields go out as they are; no body
+            // and no framing: the bytes after this head belong to the new protocol.
+            let mut head = BytesMut::with_capacity(128 + parts.headers.len() * 48);
+            status_line(&mut head, version, status);
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.remove(header::TRANSFER_ENCODING);
+            write_headers(&mut head, &parts.headers);
+            if !parts.headers.contains_key(header::DATE) {
+                date_header(&mut head);
+            }
+            head.extend_from_slice(b"\r\n");
+            let mut queue = WriteQueue::default();
+            queue.push(head.freeze());
+            return ResponseWriter {
+                body: None,
+                upgraded: Some(body),
+                queue,
+                chunked: false,
+                owed: None,
+                keep_alive: false,
+                pipe: BodySplice::default(),
+                no_pipe: false,
+            };
+        }
         let mut keep_alive = keep_alive;
         let no_body_allowed = status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -223,6 +250,7 @@ where
         ResponseWriter {
             // A body that may not be sent is dropped now (its log line is written then).
             body: (!no_body_allowed).then_some(body),
+            upgraded: None,
             queue,
             chunked,
             owed,
