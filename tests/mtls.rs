@@ -23,7 +23,7 @@ use tokio_rustls::TlsConnector;
 use support::certs::{self, Leaf, LeafOptions, TestCa, GATEWAY_SPIFFE_ID, SLEEP_SPIFFE_ID};
 use support::egressd::{Egressd, EgressdOptions, LogFormat};
 use support::origin::Origin;
-use support::tools::{curl, stderr, stdout};
+use support::tools::{curl, openssl, stderr, stdout};
 
 const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed");
 const WAIT: Duration = Duration::from_secs(5);
@@ -134,6 +134,43 @@ fn http_scenario(mesh: &Mesh, origin: &Origin, extra_tls: &str) {
         &[(&ca_line, &with_extra)],
     );
     mesh.seed("http-mtls-enabled", "3-virtual-service.yaml", &[]);
+}
+
+/// [`http_scenario`] with the gateway's mesh identity (`mode: ISTIO_MUTUAL`: the `--certs` files)
+/// instead of the seed's MUTUAL files.
+fn istio_mutual_http_scenario(mesh: &Mesh, origin: &Origin) {
+    mesh.service_entry(origin.addr().port(), 1);
+    let files = format!(
+        "      mode: MUTUAL\n      serverCertificate: {0}/cert-chain.pem\n      privateKey: {0}/key.pem\n      caCertificates: {0}/root-cert.pem\n",
+        mesh.certs().display()
+    );
+    mesh.seed(
+        "http-mtls-enabled",
+        "2-gateway-destination-rule.yaml",
+        &[(&files, "      mode: ISTIO_MUTUAL\n")],
+    );
+    mesh.seed("http-mtls-enabled", "3-virtual-service.yaml", &[]);
+}
+
+/// The real `openssl s_client` to the gateway's port 80 with SNI `edition.cnn.com`, trusting the
+/// mesh root, as the `sleep` workload when `as_sleep`, plus `args`. It sends one request and
+/// reads until the gateway closes (`-ign_eof`), so tickets sent after a TLS 1.3 handshake are
+/// seen. Returns stdout and stderr together.
+fn s_client(mesh: &Mesh, egressd: &Egressd, as_sleep: bool, args: &[&str]) -> String {
+    let connect = format!("127.0.0.1:{}", egressd.bound_port(80));
+    let cafile = mesh.certs().join("root-cert.pem").display().to_string();
+    let (cert, key) = (mesh.path("sleep.pem"), mesh.path("sleep-key.pem"));
+    let mut all = vec!["s_client", "-connect", &connect, "-servername", "edition.cnn.com"];
+    all.extend(["-CAfile", &cafile, "-ign_eof"]);
+    if as_sleep {
+        all.extend(["-cert", &cert, "-key", &key]);
+    }
+    all.extend_from_slice(args);
+    let out = openssl(
+        &all,
+        b"GET /politics HTTP/1.1\r\nhost: edition.cnn.com\r\nconnection: close\r\n\r\n",
+    );
+    format!("{}{}", stdout(&out), stderr(&out))
 }
 
 fn listener_stat(egressd: &Egressd, server_port: u16, stat: &str) -> String {
@@ -407,6 +444,23 @@ fn rotated_certificate_serves_new_handshakes_while_open_connections_keep_working
         assert_eq!(get1(&mut old_sender, "/politics").await, StatusCode::MOVED_PERMANENTLY);
     });
     assert_eq!(origin.requests().len(), 3);
+}
+
+/// Issue 16: a TLS 1.2 suite is the gateway's choice, not the client's (as with Envoy): a client
+/// listing ChaCha20 first still gets the gateway's first choice, AES-256-GCM.
+#[test]
+fn tls12_cipher_suite_is_chosen_in_the_gateways_order() {
+    let mesh = Mesh::new();
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), None);
+    istio_mutual_http_scenario(&mesh, &origin);
+    let egressd = mesh.start(LogFormat::Text);
+    let client_order = "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384";
+    let out = s_client(&mesh, &egressd, true, &["-tls1_2", "-cipher", client_order]);
+    assert!(
+        out.contains("New, TLSv1.2, Cipher is ECDHE-ECDSA-AES256-GCM-SHA384"),
+        "{out}"
+    );
+    assert!(out.contains("HTTP/1.1 301"), "{out}");
 }
 
 /// Issue 6: an idle ISTIO_MUTUAL connection (one request done) costs the gateway about what

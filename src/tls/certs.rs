@@ -345,6 +345,9 @@ impl ServerCerts {
             }
         };
         let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(material.key.clone())));
+        // TLS 1.2 suites in the gateway's order (AES-256-GCM, AES-128-GCM, ChaCha20), as Envoy
+        // uses its own: what a gateway negotiates is set by the gateway, not by each client.
+        config.ignore_client_order = true;
         config.alpn_protocols = key.alpn.map(|p| vec![p.to_vec()]).unwrap_or_default();
         Ok(Arc::new(config))
     }
