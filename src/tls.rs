@@ -1,7 +1,8 @@
-//! TLS: ClientHello inspection for SNI routing, certificates, and peer identity.
+//! TLS: ClientHello inspection for SNI routing, certificates, session tickets, and peer identity.
 
 pub mod certs;
 pub mod client_hello;
 pub mod identity;
 pub mod prefixed;
 pub mod sni;
+pub mod tickets;

@@ -150,6 +150,9 @@ async fn accept(
         }
     };
     ctx.stats.ssl_handshake.inc();
+    if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        ctx.stats.ssl_session_reused.inc();
+    }
     let peer_identity = identity::peer_identity(stream.get_ref().1.peer_certificates());
     Some(Accepted {
         stream: Box::new(stream),
