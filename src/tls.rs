@@ -6,3 +6,4 @@ pub mod identity;
 pub mod prefixed;
 pub mod sni;
 pub mod tickets;
+pub mod tls12_alerts;

@@ -2,7 +2,7 @@
 //! enabled" scenarios (HTTPS server with HTTP routes, TLS server with a tcp route) driven by curl
 //! and rustls clients holding SPIFFE certificates from a test mesh CA; refusals counted in Envoy's
 //! `ssl.*` stats and never reaching the origin; Istio's ALPN offers; certificate rotation; TLS 1.2
-//! and 1.3 as the real `openssl s_client` sees them (cipher choice, session tickets).
+//! and 1.3 as the real `openssl s_client` sees them (cipher choice, session tickets, alerts).
 
 mod support;
 
@@ -502,6 +502,33 @@ fn sessions_resume_from_tickets_across_a_config_reload() {
         egressd.stat(&listener_stat(&egressd, 80, "ssl.session_reused")),
         Some(3)
     );
+}
+
+/// Issue 16: a client without the required certificate is refused with the alert of its TLS
+/// version, as Envoy refuses it: `handshake_failure` (40) for TLS 1.2, `certificate_required`
+/// (116) for TLS 1.3.
+#[test]
+fn a_missing_client_certificate_gets_the_alert_of_its_tls_version() {
+    let mesh = Mesh::new();
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), None);
+    istio_mutual_http_scenario(&mesh, &origin);
+    let egressd = mesh.start(LogFormat::Text);
+
+    let tls12 = s_client(&mesh, &egressd, 80, false, &["-tls1_2"]);
+    assert!(
+        tls12.contains("alert handshake failure") && tls12.contains("SSL alert number 40"),
+        "{tls12}"
+    );
+    let tls13 = s_client(&mesh, &egressd, 80, false, &["-tls1_3"]);
+    assert!(
+        tls13.contains("alert certificate required") && tls13.contains("SSL alert number 116"),
+        "{tls13}"
+    );
+    egressd.wait_for_stat(&listener_stat(&egressd, 80, "ssl.fail_verify_no_cert"), 2, WAIT);
+    assert_eq!(origin.connections(), 0);
+    // The sleep workload still gets in over TLS 1.2.
+    let sleep = s_client(&mesh, &egressd, 80, true, &["-tls1_2"]);
+    assert!(sleep.contains("HTTP/1.1 301"), "{sleep}");
 }
 
 /// A ticket resumes only on the chain that issued it: rustls does not ask for the client
