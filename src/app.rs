@@ -254,12 +254,16 @@ fn access_logger(bootstrap: &Bootstrap) -> anyhow::Result<crate::access_log::Acc
         .with_context(|| format!("cannot open the access log {}", bootstrap.access_log.path))
 }
 
+/// The process log goes to stderr. Colour only on a terminal: a pipe or file (container logs,
+/// `kubectl logs`, log shippers) gets plain text, as from Envoy.
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("EGRESSD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

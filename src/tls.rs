@@ -1,7 +1,9 @@
-//! TLS: ClientHello inspection for SNI routing, certificates, and peer identity.
+//! TLS: ClientHello inspection for SNI routing, certificates, session tickets, and peer identity.
 
 pub mod certs;
 pub mod client_hello;
 pub mod identity;
 pub mod prefixed;
 pub mod sni;
+pub mod tickets;
+pub mod tls12_alerts;

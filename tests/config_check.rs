@@ -233,6 +233,62 @@ fn broken_configs_print_every_error_with_file_and_line() {
     }
 }
 
+/// Issue 16: the seed's `mesh` route (sidecars to the gateway) is checked as `istioctl analyze`
+/// checks it: a typo in its subset or host is a warning naming file:line, resource and field,
+/// and `egressd check` still exits 0.
+#[test]
+fn a_typo_in_the_seeds_mesh_route_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::path::Path::new("tests/fixtures/seed/http-mtls-disabled");
+    for entry in std::fs::read_dir(seed).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let vs = dir.path().join("3-virtual-service.yaml");
+    let seed_vs = std::fs::read_to_string(&vs).unwrap();
+    let typo = |from: &str, to: &str| {
+        assert!(seed_vs.contains(from), "the seed has no `{from}`");
+        std::fs::write(&vs, seed_vs.replace(from, to)).unwrap();
+        let (code, stdout, stderr) = check(dir.path().to_str().unwrap());
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        let prefix = vs.display().to_string();
+        let findings: Vec<String> = stdout
+            .lines()
+            .filter(|l| l.starts_with(&prefix) || l.starts_with("  fix: "))
+            .map(|l| l.replace(&prefix, "VS"))
+            .collect();
+        findings
+    };
+    const ID: &str = "VirtualService/default/direct-cnn-through-egress-gateway";
+    const GATEWAY: &str = "istio-egressgateway.istio-system.svc.cluster.local";
+    const NC: &str = "fail this traffic with NC (istioctl analyze: IST0101 ReferencedResourceNotFound)";
+
+    assert_eq!(
+        typo("subset: cnn\n", "subset: cnnx\n"),
+        [
+            format!("VS:19: warning: {ID} spec.http[0].route[0].destination.subset: sidecars route to subset `cnnx` of `{GATEWAY}`, which no DestinationRule defines (DestinationRule/default/egressgateway-for-cnn has `cnn`); they have no cluster `outbound|80|cnnx|{GATEWAY}` and {NC}"),
+            "  fix: use a subset DestinationRule/default/egressgateway-for-cnn defines, or add `cnnx` to it".to_string(),
+        ]
+    );
+    assert_eq!(
+        typo(&format!("host: {GATEWAY}"), "host: istio-egressgateway.istio-system.svc.cluster.lcoal"),
+        [
+            format!("VS:18: warning: {ID} spec.http[0].route[0].destination.host: sidecars route to `istio-egressgateway.istio-system.svc.cluster.lcoal`, which no ServiceEntry defines and which is not a service of the mesh (`*.svc.cluster.local`); they have no cluster for it and {NC}"),
+            "  fix: correct the host, or add a ServiceEntry for it".to_string(),
+            format!("VS:19: warning: {ID} spec.http[0].route[0].destination.subset: sidecars route to subset `cnn` of `istio-egressgateway.istio-system.svc.cluster.lcoal`, which no DestinationRule defines; they have no cluster `outbound|80|cnn|istio-egressgateway.istio-system.svc.cluster.lcoal` and {NC}"),
+            "  fix: add a DestinationRule for istio-egressgateway.istio-system.svc.cluster.lcoal with subset `cnn`, or remove the subset".to_string(),
+        ]
+    );
+    // `mesh` left out of spec.gateways: no sidecar is sent to the gateway at all.
+    assert_eq!(
+        typo("  - istio-egressgateway\n  - mesh\n", "  - istio-egressgateway\n"),
+        [
+            format!("VS:13: warning: {ID} spec.http[0].match[0].gateways[0]: this match names `mesh`, but spec.gateways does not, so istiod gives this route to no sidecar"),
+            "  fix: add `mesh` to spec.gateways".to_string(),
+        ]
+    );
+}
+
 #[test]
 fn errors_in_several_files_are_all_reported() {
     let (code, _, stderr) = check("tests/fixtures/broken");

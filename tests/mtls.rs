@@ -1,7 +1,8 @@
 //! TLS termination at the gateway, end to end with the real binary: the seed's "mutual TLS
 //! enabled" scenarios (HTTPS server with HTTP routes, TLS server with a tcp route) driven by curl
 //! and rustls clients holding SPIFFE certificates from a test mesh CA; refusals counted in Envoy's
-//! `ssl.*` stats and never reaching the origin; Istio's ALPN offers; certificate rotation.
+//! `ssl.*` stats and never reaching the origin; Istio's ALPN offers; certificate rotation; TLS 1.2
+//! and 1.3 as the real `openssl s_client` sees them (cipher choice, session tickets, alerts).
 
 mod support;
 
@@ -23,7 +24,7 @@ use tokio_rustls::TlsConnector;
 use support::certs::{self, Leaf, LeafOptions, TestCa, GATEWAY_SPIFFE_ID, SLEEP_SPIFFE_ID};
 use support::egressd::{Egressd, EgressdOptions, LogFormat};
 use support::origin::Origin;
-use support::tools::{curl, stderr, stdout};
+use support::tools::{curl, openssl, stderr, stdout};
 
 const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed");
 const WAIT: Duration = Duration::from_secs(5);
@@ -134,6 +135,43 @@ fn http_scenario(mesh: &Mesh, origin: &Origin, extra_tls: &str) {
         &[(&ca_line, &with_extra)],
     );
     mesh.seed("http-mtls-enabled", "3-virtual-service.yaml", &[]);
+}
+
+/// [`http_scenario`] with the gateway's mesh identity (`mode: ISTIO_MUTUAL`: the `--certs` files)
+/// instead of the seed's MUTUAL files.
+fn istio_mutual_http_scenario(mesh: &Mesh, origin: &Origin) {
+    mesh.service_entry(origin.addr().port(), 1);
+    let files = format!(
+        "      mode: MUTUAL\n      serverCertificate: {0}/cert-chain.pem\n      privateKey: {0}/key.pem\n      caCertificates: {0}/root-cert.pem\n",
+        mesh.certs().display()
+    );
+    mesh.seed(
+        "http-mtls-enabled",
+        "2-gateway-destination-rule.yaml",
+        &[(&files, "      mode: ISTIO_MUTUAL\n")],
+    );
+    mesh.seed("http-mtls-enabled", "3-virtual-service.yaml", &[]);
+}
+
+/// The real `openssl s_client` to the gateway's `server_port` with SNI `edition.cnn.com`, trusting the
+/// mesh root, as the `sleep` workload when `as_sleep`, plus `args`. It sends one request and
+/// reads until the gateway closes (`-ign_eof`), so tickets sent after a TLS 1.3 handshake are
+/// seen. Returns stdout and stderr together.
+fn s_client(mesh: &Mesh, egressd: &Egressd, server_port: u16, as_sleep: bool, args: &[&str]) -> String {
+    let connect = format!("127.0.0.1:{}", egressd.bound_port(server_port));
+    let cafile = mesh.certs().join("root-cert.pem").display().to_string();
+    let (cert, key) = (mesh.path("sleep.pem"), mesh.path("sleep-key.pem"));
+    let mut all = vec!["s_client", "-connect", &connect, "-servername", "edition.cnn.com"];
+    all.extend(["-CAfile", &cafile, "-ign_eof"]);
+    if as_sleep {
+        all.extend(["-cert", &cert, "-key", &key]);
+    }
+    all.extend_from_slice(args);
+    let out = openssl(
+        &all,
+        b"GET /politics HTTP/1.1\r\nhost: edition.cnn.com\r\nconnection: close\r\n\r\n",
+    );
+    format!("{}{}", stdout(&out), stderr(&out))
 }
 
 fn listener_stat(egressd: &Egressd, server_port: u16, stat: &str) -> String {
@@ -407,6 +445,143 @@ fn rotated_certificate_serves_new_handshakes_while_open_connections_keep_working
         assert_eq!(get1(&mut old_sender, "/politics").await, StatusCode::MOVED_PERMANENTLY);
     });
     assert_eq!(origin.requests().len(), 3);
+}
+
+/// Issue 16: a TLS 1.2 suite is the gateway's choice, not the client's (as with Envoy): a client
+/// listing ChaCha20 first still gets the gateway's first choice, AES-256-GCM.
+#[test]
+fn tls12_cipher_suite_is_chosen_in_the_gateways_order() {
+    let mesh = Mesh::new();
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), None);
+    istio_mutual_http_scenario(&mesh, &origin);
+    let egressd = mesh.start(LogFormat::Text);
+    let client_order = "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384";
+    let out = s_client(&mesh, &egressd, 80, true, &["-tls1_2", "-cipher", client_order]);
+    assert!(
+        out.contains("New, TLSv1.2, Cipher is ECDHE-ECDSA-AES256-GCM-SHA384"),
+        "{out}"
+    );
+    assert!(out.contains("HTTP/1.1 301"), "{out}");
+}
+
+/// Issue 16: TLS 1.2 sessions resume from a session ticket, as Envoy offers them, also after a
+/// config reload (the ticket keys are the process's); TLS 1.3 sessions resume too.
+#[test]
+fn sessions_resume_from_tickets_across_a_config_reload() {
+    let mesh = Mesh::new();
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), None);
+    istio_mutual_http_scenario(&mesh, &origin);
+    let egressd = mesh.start(LogFormat::Text);
+    let tls12 = mesh.path("tls12.session");
+
+    let first = s_client(&mesh, &egressd, 80, true, &["-tls1_2", "-sess_out", &tls12]);
+    assert!(first.contains("New, TLSv1.2"), "{first}");
+    assert!(
+        first.contains("TLS session ticket lifetime hint: 43200 (seconds)"),
+        "no ticket: {first}"
+    );
+    let resumed = s_client(&mesh, &egressd, 80, true, &["-tls1_2", "-sess_in", &tls12]);
+    assert!(resumed.contains("Reused, TLSv1.2"), "{resumed}");
+    assert!(resumed.contains("HTTP/1.1 301"), "{resumed}");
+
+    let vs = mesh.config().join("3-virtual-service.yaml");
+    let text = std::fs::read_to_string(&vs).unwrap();
+    std::fs::write(&vs, text.replace("weight: 100", "weight: 100\n    timeout: 30s")).unwrap();
+    egressd.wait_for_stat("server.config_reload", 1, WAIT);
+    let after_reload = s_client(&mesh, &egressd, 80, true, &["-tls1_2", "-sess_in", &tls12]);
+    assert!(after_reload.contains("Reused, TLSv1.2"), "{after_reload}");
+
+    let tls13 = mesh.path("tls13.session");
+    let first = s_client(&mesh, &egressd, 80, true, &["-tls1_3", "-sess_out", &tls13]);
+    assert!(first.contains("New, TLSv1.3"), "{first}");
+    let resumed = s_client(&mesh, &egressd, 80, true, &["-tls1_3", "-sess_in", &tls13]);
+    assert!(resumed.contains("Reused, TLSv1.3"), "{resumed}");
+    assert!(resumed.contains("HTTP/1.1 301"), "{resumed}");
+    assert_eq!(egressd.stat(&listener_stat(&egressd, 80, "ssl.handshake")), Some(5));
+    assert_eq!(
+        egressd.stat(&listener_stat(&egressd, 80, "ssl.session_reused")),
+        Some(3)
+    );
+}
+
+/// Issue 16: a client without the required certificate is refused with the alert of its TLS
+/// version, as Envoy refuses it: `handshake_failure` (40) for TLS 1.2, `certificate_required`
+/// (116) for TLS 1.3.
+#[test]
+fn a_missing_client_certificate_gets_the_alert_of_its_tls_version() {
+    let mesh = Mesh::new();
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), None);
+    istio_mutual_http_scenario(&mesh, &origin);
+    let egressd = mesh.start(LogFormat::Text);
+
+    let tls12 = s_client(&mesh, &egressd, 80, false, &["-tls1_2"]);
+    assert!(
+        tls12.contains("alert handshake failure") && tls12.contains("SSL alert number 40"),
+        "{tls12}"
+    );
+    let tls13 = s_client(&mesh, &egressd, 80, false, &["-tls1_3"]);
+    assert!(
+        tls13.contains("alert certificate required") && tls13.contains("SSL alert number 116"),
+        "{tls13}"
+    );
+    egressd.wait_for_stat(&listener_stat(&egressd, 80, "ssl.fail_verify_no_cert"), 2, WAIT);
+    assert_eq!(origin.connections(), 0);
+    // The sleep workload still gets in over TLS 1.2.
+    let sleep = s_client(&mesh, &egressd, 80, true, &["-tls1_2"]);
+    assert!(sleep.contains("HTTP/1.1 301"), "{sleep}");
+}
+
+/// A ticket resumes only on the chain that issued it: rustls does not ask for the client
+/// certificate again on resumption, so a session from a SIMPLE server must not open a MUTUAL
+/// server with the same SNI (with one unsealed ticket key for all, it did: 200 without a client
+/// certificate).
+#[test]
+fn a_ticket_from_a_simple_server_does_not_open_a_mutual_one() {
+    let mesh = Mesh::new();
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), None);
+    mesh.service_entry(origin.addr().port(), 1);
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 80, name: https-mesh, protocol: HTTPS}}
+    hosts: [edition.cnn.com]
+    tls: {{mode: ISTIO_MUTUAL}}
+  - port: {{number: 443, name: https-public, protocol: HTTPS}}
+    hosts: [edition.cnn.com]
+    tls: {{mode: SIMPLE, serverCertificate: {0}/cert-chain.pem, privateKey: {0}/key.pem}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cnn}}
+spec:
+  hosts: [edition.cnn.com]
+  gateways: [istio-egressgateway]
+  http:
+  - route:
+    - destination: {{host: edition.cnn.com, port: {{number: 80}}}}
+",
+        mesh.certs().display()
+    );
+    std::fs::write(mesh.config().join("2-gateway-virtual-service.yaml"), yaml).unwrap();
+    let egressd = mesh.start(LogFormat::Text);
+
+    for version in ["-tls1_2", "-tls1_3"] {
+        let session = mesh.path(&format!("simple{version}.session"));
+        let simple = s_client(&mesh, &egressd, 443, false, &[version, "-sess_out", &session]);
+        assert!(simple.contains("HTTP/1.1 301"), "{simple}");
+        let simple = s_client(&mesh, &egressd, 443, false, &[version, "-sess_in", &session]);
+        assert!(simple.contains("Reused, TLSv1."), "{simple}");
+        let mutual = s_client(&mesh, &egressd, 80, false, &[version, "-sess_in", &session]);
+        assert!(!mutual.contains("Reused"), "{version}: {mutual}");
+        assert!(!mutual.contains("HTTP/1.1"), "{version}: {mutual}");
+    }
+    egressd.wait_for_stat(&listener_stat(&egressd, 80, "ssl.fail_verify_no_cert"), 2, WAIT);
+    assert_eq!(egressd.stat(&listener_stat(&egressd, 80, "ssl.handshake")), Some(0));
+    assert_eq!(origin.requests().len(), 4);
 }
 
 /// Issue 6: an idle ISTIO_MUTUAL connection (one request done) costs the gateway about what

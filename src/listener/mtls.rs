@@ -19,6 +19,7 @@ use crate::routing::snapshot::{ChainKind, FilterChain, ListenerKind, ServerTls, 
 use crate::tls::certs::{CertError, ServerCerts};
 use crate::tls::identity::{self, SAN_MISMATCH};
 use crate::tls::prefixed::Prefixed;
+use crate::tls::tls12_alerts::Tls12Alerts;
 
 /// What runs inside the terminated TLS; it decides which ALPN protocols are acceptable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +103,7 @@ pub async fn serve(
 struct Accepted {
     /// Boxed once: moved by value through the serving futures, the 1.2 KiB TLS stream would be
     /// laid out in each of them.
-    stream: Box<TlsStream<Prefixed<TcpStream>>>,
+    stream: Box<TlsStream<Tls12Alerts<Prefixed<TcpStream>>>>,
     local: std::net::SocketAddr,
     remote: std::net::SocketAddr,
     server_name: Option<String>,
@@ -154,6 +155,9 @@ async fn accept(
         }
     };
     ctx.stats.ssl_handshake.inc();
+    if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        ctx.stats.ssl_session_reused.inc();
+    }
     let peer_identity = identity::peer_identity(stream.get_ref().1.peer_certificates());
     Some(Accepted {
         stream: Box::new(stream),
@@ -173,18 +177,25 @@ fn chain_of(snapshot: &Snapshot, listener: usize, chain: usize) -> Option<&Filte
 }
 
 /// Reads the ClientHello (replayed from `io`), picks the config for its ALPN offer, handshakes.
-async fn handshake<S>(ctx: &ListenerContext, tls: &ServerTls, inner: Inner, io: S) -> Result<TlsStream<S>, Failure>
+async fn handshake<S>(
+    ctx: &ListenerContext,
+    tls: &ServerTls,
+    inner: Inner,
+    io: S,
+) -> Result<TlsStream<Tls12Alerts<S>>, Failure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let start = LazyConfigAcceptor::new(Acceptor::default(), io)
+    let start = LazyConfigAcceptor::new(Acceptor::default(), Tls12Alerts::new(io))
         .await
         .map_err(Failure::from_io)?;
     let alpn = choose_alpn(inner, start.client_hello().alpn());
     let config = ServerCerts::global()
         .server_config(tls, alpn, &ctx.shared.store)
         .map_err(Failure::Config)?;
-    start.into_stream(config).await.map_err(Failure::from_io)
+    let mut stream = start.into_stream(config).await.map_err(Failure::from_io)?;
+    stream.get_mut().0.handshake_done();
+    Ok(stream)
 }
 
 /// Why a handshake failed, in Envoy's `ssl.*` vocabulary.

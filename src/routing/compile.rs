@@ -1,10 +1,12 @@
 //! Raw Istio resources + bootstrap → one `Snapshot`, collecting every error at once.
 //!
 //! Follows istiod's gateway semantics (see `shared/reference/istio-egress-behavior.md` §2, §5,
-//! §7), and reports as errors the combinations istiod silently drops.
+//! §7), and reports as errors the combinations istiod silently drops. The `mesh` routes, which
+//! sidecars take and the gateway does not serve, are only checked (warnings).
 
 mod clusters;
 mod listeners;
+mod mesh_routes;
 mod routes;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,6 +53,7 @@ pub fn compile(loaded: &Loaded, bootstrap: &Bootstrap) -> Result<Snapshot, Compi
     let registry = clusters::Registry::build(&mut cx, &resources);
     let clusters = clusters::build(&mut cx, &registry);
     let listeners = listeners::build(&mut cx, &resources, &registry);
+    mesh_routes::check(&mut cx, &resources, &registry);
 
     let mut diagnostics = cx.diagnostics;
     diagnostics.sort_by(|a, b| (a.severity, &a.file, a.line).cmp(&(b.severity, &b.file, b.line)));

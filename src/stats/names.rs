@@ -134,6 +134,8 @@ pub mod listener {
     pub const NO_FILTER_CHAIN_MATCH: &str = "no_filter_chain_match";
     pub const DOWNSTREAM_PRE_CX_TIMEOUT: &str = "downstream_pre_cx_timeout";
     pub const SSL_HANDSHAKE: &str = "ssl.handshake";
+    /// Of `ssl.handshake`, those that resumed a session (ticket or session ID).
+    pub const SSL_SESSION_REUSED: &str = "ssl.session_reused";
     pub const SSL_CONNECTION_ERROR: &str = "ssl.connection_error";
     pub const SSL_FAIL_VERIFY_NO_CERT: &str = "ssl.fail_verify_no_cert";
     pub const SSL_FAIL_VERIFY_ERROR: &str = "ssl.fail_verify_error";

@@ -23,6 +23,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::identity::SanCheckingVerifier;
+use super::tickets::TicketKeys;
 use crate::routing::snapshot::{CertificateSource, ServerTls, ServerTlsMode};
 use crate::stats::Store;
 
@@ -168,6 +169,8 @@ pub struct ServerCerts {
     watcher: Mutex<DirWatcher>,
     /// Settings errors already logged.
     warned: Mutex<HashSet<String>>,
+    /// Session ticket keys: one set for the process, so every worker resumes every session.
+    tickets: TicketKeys,
 }
 
 #[derive(Default)]
@@ -198,6 +201,7 @@ impl ServerCerts {
             changes: Arc::new(AtomicU64::new(0)),
             watcher: Mutex::new(DirWatcher::default()),
             warned: Mutex::new(HashSet::new()),
+            tickets: TicketKeys::new(),
         }
     }
 
@@ -345,6 +349,15 @@ impl ServerCerts {
             }
         };
         let mut config = builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(material.key.clone())));
+        // TLS 1.2 suites in the gateway's order (AES-256-GCM, AES-128-GCM, ChaCha20), as Envoy
+        // uses its own: what a gateway negotiates is set by the gateway, not by each client.
+        config.ignore_client_order = true;
+        // Stateless resumption (TLS 1.2 tickets, TLS 1.3 tickets without a server cache), as
+        // Envoy offers it: a reconnecting sidecar skips the full handshake. The config is
+        // cached with its certificate, so its tickets outlive config reloads.
+        if let Some(ticketer) = self.tickets.for_config() {
+            config.ticketer = ticketer;
+        }
         config.alpn_protocols = key.alpn.map(|p| vec![p.to_vec()]).unwrap_or_default();
         Ok(Arc::new(config))
     }
