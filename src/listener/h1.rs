@@ -455,6 +455,21 @@ const HEADERS_TOO_LARGE: Rejected =
     body::rejected(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "http1.headers_too_large");
 const CODEC_ERROR: Rejected = body::rejected(StatusCode::BAD_REQUEST, "http1.codec_error");
 
+/// A whole request head off the front of `buf`, checked as the server checks it (target,
+/// Host, framing); `Ok(None)` while incomplete. For the fuzz target and differential tests.
+pub fn parse_request(
+    buf: &mut BytesMut,
+    settings: &Settings,
+) -> Result<Option<(http::request::Parts, Framing)>, Rejected> {
+    let Some(request) = parse_head(buf, settings)? else {
+        return Ok(None);
+    };
+    let (parts, ()) = request.into_parts();
+    check_target(&parts)?;
+    let framing = body::framing(parts.version, &parts.headers)?;
+    Ok(Some((parts, framing)))
+}
+
 #[cfg(test)]
 thread_local! {
     /// Calls of `parse_head` on this thread (tests).
@@ -594,6 +609,8 @@ mod tests {
             "GET / HTTP/1.1\r\nhost: a.example\r\n\r\n",
             "GET / HTTP/1.1\r\nhost: a.example:8080\r\n\r\n",
             "GET / HTTP/1.1\r\nhost: [::1]:80\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: My_Svc.ns.svc.cluster.local:8080\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: 10.0.0.1\r\n\r\n",
             "GET / HTTP/1.0\r\nhost: a.example\r\n\r\n",
             "GET http://a.example/x HTTP/1.1\r\nhost: b.example\r\n\r\n",
             "GET http://a.example/x HTTP/1.1\r\n\r\n",
