@@ -331,18 +331,7 @@ async fn send_raw(e: &Egressd, bytes: &[u8], what: &str) -> (Vec<u8>, bool) {
 
 /// `name`'s line of the access log: the first line containing it (waits up to 5 s).
 async fn log_line(e: &Egressd, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(line) = e.access_log_lines().into_iter().find(|l| l.contains(needle)) {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no access-log line with {needle:?}: {:#?}",
-            e.access_log_lines()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    e.nth_log_line(needle, 0).await
 }
 
 /// A refusal must come from egressd itself, not from the origin behind it.

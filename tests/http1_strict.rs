@@ -158,20 +158,8 @@ async fn log_line(e: &Egressd, needle: &str) -> String {
     nth_log_line(e, needle, 0).await
 }
 
-/// The `n`th (from 0) access-log line containing `needle` (waits up to 5 s).
 async fn nth_log_line(e: &Egressd, needle: &str, n: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(line) = e.access_log_lines().into_iter().filter(|l| l.contains(needle)).nth(n) {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no access-log line with {needle:?}: {:#?}",
-            e.access_log_lines()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    e.nth_log_line(needle, n).await
 }
 
 const CLOSE_WAIT: Duration = Duration::from_secs(3);

@@ -117,32 +117,20 @@ impl Failure {
                     transport_failure: Some(format!("TLS_error: {reason}").into()),
                 }
             }
-            Failure::ResetBeforeResponse { retried } => {
-                let mut flags = ResponseFlags::UC;
-                if *retried {
-                    flags.insert(ResponseFlags::URX);
-                }
-                Reply {
-                    status: 503,
-                    body: reset_body("connection termination", *retried),
-                    flags,
-                    details: "upstream_reset_before_response_started{connection_termination}".into(),
-                    transport_failure: None,
-                }
-            }
-            Failure::UpstreamProtocol { retried } => {
-                let mut flags = ResponseFlags::UPE;
-                if *retried {
-                    flags.insert(ResponseFlags::URX);
-                }
-                Reply {
-                    status: 502,
-                    body: reset_body("protocol error", *retried),
-                    flags,
-                    details: "upstream_reset_before_response_started{protocol_error}".into(),
-                    transport_failure: None,
-                }
-            }
+            Failure::ResetBeforeResponse { retried } => reset_reply(
+                503,
+                ResponseFlags::UC,
+                "connection termination",
+                "upstream_reset_before_response_started{connection_termination}",
+                *retried,
+            ),
+            Failure::UpstreamProtocol { retried } => reset_reply(
+                502,
+                ResponseFlags::UPE,
+                "protocol error",
+                "upstream_reset_before_response_started{protocol_error}",
+                *retried,
+            ),
             Failure::DownstreamProtocol => Reply {
                 status: 400,
                 body: "Bad Request",
@@ -165,6 +153,21 @@ impl Failure {
                 transport_failure: None,
             },
         }
+    }
+}
+
+/// A reset before the response: Envoy's body for `reason`, `URX` added when it was retried.
+fn reset_reply(status: u16, flag: ResponseFlags, reason: &str, details: &'static str, retried: bool) -> Reply {
+    let mut flags = flag;
+    if retried {
+        flags.insert(ResponseFlags::URX);
+    }
+    Reply {
+        status,
+        body: reset_body(reason, retried),
+        flags,
+        details: details.into(),
+        transport_failure: None,
     }
 }
 

@@ -413,6 +413,28 @@ impl Egressd {
     }
 
     /// Everything the process wrote to stderr (its tracing output) so far.
+    /// The `n`th (from 0) access-log line containing `needle`; waits up to 5 s on tokio's
+    /// timer (so peers on the test's runtime keep running), then panics with the log.
+    pub async fn nth_log_line(&self, needle: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(line) = self
+                .access_log_lines()
+                .into_iter()
+                .filter(|l| l.contains(needle))
+                .nth(n)
+            {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no access-log line {n} with {needle:?}: {:#?}",
+                self.access_log_lines()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     pub fn stderr(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
