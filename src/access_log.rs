@@ -77,6 +77,10 @@ pub struct AccessLogRecord {
     /// `%DOWNSTREAM_PEER_URI_SAN%`: the caller's SPIFFE id on ISTIO_MUTUAL traffic. Printed only by
     /// [`Format::TextWithPeer`] and, when present, by [`Format::Json`] (egressd extensions).
     pub downstream_peer_uri_san: Option<Arc<str>>,
+    /// `%GRPC_STATUS(NUMBER)%`: the `grpc-status` of a gRPC response (from its trailers, or its
+    /// headers when it has no body). Printed, when present, by [`Format::Json`] (an egressd
+    /// extension: Istio's formats have no such key).
+    pub grpc_status: Option<u16>,
 }
 
 impl AccessLogRecord {
@@ -109,6 +113,7 @@ impl AccessLogRecord {
             requested_server_name: None,
             route_name: None,
             downstream_peer_uri_san: None,
+            grpc_status: None,
         }
     }
 }

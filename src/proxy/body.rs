@@ -130,6 +130,9 @@ impl Body for ProxyBody {
                     if let (Some(data), Some(log)) = (f.data_ref(), &mut this.log) {
                         log.sent += data.len() as u64;
                     }
+                    if let (Some(trailers), Some(log)) = (f.trailers_ref(), &mut this.log) {
+                        log.record.grpc_status = grpc_status(trailers).or(log.record.grpc_status);
+                    }
                 }
                 // End of stream: write the log now rather than when hyper drops the body.
                 None => this.log = None,
@@ -155,6 +158,12 @@ impl Body for ProxyBody {
             Inner::Upstream(ResponseBody::Own(body)) => body.size_hint(),
         }
     }
+}
+
+/// A `grpc-status` field's code (RFC-less: gRPC's PROTOCOL-HTTP2.md, a decimal 0-16, or any
+/// other number an implementation sends).
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
 }
 
 /// The upstream went away mid-response: the client sees a reset too.

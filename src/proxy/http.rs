@@ -159,6 +159,8 @@ where
             apply_header_ops(response.headers_mut(), &weighted.response_headers);
             log.record.response_code = status;
             log.record.response_code_details = Some("via_upstream".into());
+            // A trailers-only gRPC answer carries its status in the headers.
+            log.record.grpc_status = super::body::grpc_status(response.headers());
             log.record.upstream_service_time_ms = Some(service_time);
             let (mut parts, body) = response.into_parts();
             // The client's protocol, not the upstream's, frames the response.
@@ -220,8 +222,15 @@ fn is_websocket_upgrade(parts: &http::request::Parts) -> bool {
 }
 
 /// What Envoy's gateway does to request headers before routing (use_remote_address: true).
-fn prepare_request_headers(conn: &HttpConn, headers: &mut HeaderMap, _version: Version) {
+fn prepare_request_headers(conn: &HttpConn, headers: &mut HeaderMap, version: Version) {
+    // `te: trailers` is the one TE value that crosses (gRPC servers require it), as Envoy keeps
+    // it; only from HTTP/2 clients, since trailers reach HTTP/2 clients only (the HTTP/1.1
+    // codec reads and drops them, Envoy's default without `enable_trailers`).
+    let trailers = version == Version::HTTP_2 && accepts_trailers(headers);
     remove_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     remove_any(headers, &MESH_INTERNAL);
     let remote_ip = conn.remote.ip();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -239,6 +248,21 @@ fn prepare_request_headers(conn: &HttpConn, headers: &mut HeaderMap, _version: V
             headers.insert(X_REQUEST_ID.clone(), v);
         }
     }
+}
+
+/// Whether a `TE` field lists `trailers`.
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|t| {
+                t.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("trailers")
+            })
+        })
+    })
 }
 
 /// Removes those of `names` that `headers` has. Most messages have none of them, and a look at
