@@ -11,6 +11,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod drain;
+pub mod http1;
+pub mod io;
 pub mod listener;
 pub mod proxy;
 pub mod reload;
@@ -19,3 +21,7 @@ pub mod stats;
 pub mod tls;
 pub mod upstream;
 pub mod worker;
+
+/// The error of a body or an exchange that any layer may produce and any may look into (its
+/// `source` chain): hyper's, a codec's, an I/O error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

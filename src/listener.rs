@@ -5,7 +5,6 @@
 //! On a config reload the bound set is diffed: an unchanged address keeps its sockets and every
 //! open connection, a new one is bound, a removed one stops accepting and drains.
 
-pub mod h1;
 pub mod http;
 pub mod mtls;
 pub mod tls;
@@ -21,19 +20,10 @@ use tokio::sync::watch;
 
 use crate::config::Bootstrap;
 use crate::drain::ConnectionGuard;
+pub use crate::proxy::ListenerContext;
 use crate::proxy::Shared;
 use crate::routing::snapshot::{ListenerKind, Snapshot};
 use crate::stats::ListenerStats;
-
-/// What a connection task needs, besides its socket.
-pub struct ListenerContext {
-    pub name: String,
-    pub local: SocketAddr,
-    pub stats: Arc<ListenerStats>,
-    pub shared: Arc<Shared>,
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    pub bootstrap: Arc<Bootstrap>,
-}
 
 struct Running {
     ctx: Arc<ListenerContext>,

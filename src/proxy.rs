@@ -4,15 +4,30 @@
 pub mod body;
 pub mod http;
 pub mod local_reply;
-pub mod splice;
 pub mod tcp;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
+
 use crate::access_log::AccessLogger;
-use crate::stats::{HttpConnManagerStats, SniStats, Store, TcpProxyStats};
+use crate::config::Bootstrap;
+use crate::routing::snapshot::Snapshot;
+use crate::stats::{HttpConnManagerStats, ListenerStats, SniStats, Store, TcpProxyStats};
 use crate::upstream::cluster::ClusterManager;
+
+/// What a connection task needs, besides its socket: its listener's name, bound address and
+/// counters, and what all connections share.
+pub struct ListenerContext {
+    pub name: String,
+    pub local: SocketAddr,
+    pub stats: Arc<ListenerStats>,
+    pub shared: Arc<Shared>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub bootstrap: Arc<Bootstrap>,
+}
 
 /// State shared by all listeners and connections; survives snapshot swaps.
 pub struct Shared {

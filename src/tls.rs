@@ -3,7 +3,6 @@
 pub mod certs;
 pub mod client_hello;
 pub mod identity;
-pub mod prefixed;
 pub mod sni;
 pub mod tickets;
 pub mod tls12_alerts;

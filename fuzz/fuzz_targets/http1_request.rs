@@ -1,4 +1,4 @@
-//! Fuzzes the HTTP/1.1 server codec (`egressd::listener::h1`, issue 16): the request head with
+//! Fuzzes the HTTP/1.1 server codec (`egressd::http1`, issue 16): the request head with
 //! its target, Host and framing checks, then the body decoder on the bytes after the head.
 //! Checks: no panic; a head accepted whole is accepted the same way when it arrives a byte
 //! short (incomplete, never a different verdict); a body decodes to the same bytes and the same
@@ -7,7 +7,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use egressd::listener::h1::{parse_request, Decoder, Framing, Settings};
+use egressd::http1::{parse_request, Decoder, Framing, Settings};
 use libfuzzer_sys::fuzz_target;
 
 fn settings() -> Settings {

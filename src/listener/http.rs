@@ -11,11 +11,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{h1, ListenerContext};
+use super::ListenerContext;
 use crate::access_log::{AccessLogRecord, Protocol, ResponseFlags};
+use crate::http1 as h1;
+use crate::io::prefixed::Prefixed;
 use crate::proxy::http::{handle, HttpConn};
 use crate::routing::snapshot::{ChainKind, HttpConnectionManager, ListenerKind, Snapshot};
-use crate::tls::prefixed::Prefixed;
 
 /// The route table of a listener (plain HTTP) or of one of its chains (TLS-terminated).
 fn hcm_of(snapshot: &Snapshot, listener: usize, chain: Option<usize>) -> Option<&HttpConnectionManager> {

@@ -14,11 +14,11 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::ListenerContext;
+use crate::io::prefixed::Prefixed;
 use crate::proxy::tcp::TcpSession;
 use crate::routing::snapshot::{ChainKind, FilterChain, ListenerKind, ServerTls, Snapshot};
 use crate::tls::certs::{CertError, ServerCerts};
 use crate::tls::identity::{self, SAN_MISMATCH};
-use crate::tls::prefixed::Prefixed;
 use crate::tls::tls12_alerts::Tls12Alerts;
 
 /// What runs inside the terminated TLS; it decides which ALPN protocols are acceptable.

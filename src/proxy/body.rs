@@ -13,8 +13,8 @@ use http_body::{Body, Frame, SizeHint};
 use crate::access_log::{AccessLogRecord, AccessLogger, ResponseFlags};
 use crate::stats::HttpConnManagerStats;
 use crate::upstream::cluster::HostStats;
-pub use crate::upstream::pool::BoxError;
 use crate::upstream::pool::ResponseBody;
+pub use crate::BoxError;
 
 /// Owns a request's access-log record; logs it once, on drop.
 pub struct RequestLog {
@@ -174,7 +174,7 @@ fn upstream_reset(log: &mut RequestLog) {
 
 /// The HTTP/1.1 codec moves a `Content-Length` body of egressd's own upstream client with
 /// `splice(2)` when the client's connection is plain TCP; the bytes are counted here.
-impl crate::listener::h1::Splice for ProxyBody {
+impl crate::http1::Splice for ProxyBody {
     fn splice_source(&self) -> Option<(&tokio::net::TcpStream, u64)> {
         match &self.inner {
             Inner::Upstream(ResponseBody::Own(body)) => body.splice_source(),
@@ -197,7 +197,7 @@ impl crate::listener::h1::Splice for ProxyBody {
         }
     }
 
-    fn take_upgrade(&mut self) -> Option<crate::listener::h1::Upgraded> {
+    fn take_upgrade(&mut self) -> Option<crate::http1::Upgraded> {
         match &mut self.inner {
             Inner::Upstream(ResponseBody::Own(body)) => body.take_upgrade(),
             _ => None,

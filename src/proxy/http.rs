@@ -214,7 +214,7 @@ fn authority_of(uri: &Uri, headers: &HeaderMap) -> Option<String> {
 fn is_websocket_upgrade(parts: &http::request::Parts) -> bool {
     parts.version == Version::HTTP_11
         && parts.method == Method::GET
-        && crate::upstream::h1::is_upgrade(&parts.headers)
+        && crate::http1::is_upgrade(&parts.headers)
         && parts.headers.get_all(header::UPGRADE).iter().any(|v| {
             v.to_str()
                 .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")))
@@ -279,7 +279,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Every name `Connection` lists goes (RFC 9110 §7.6.1), `close` too should a field carry
     // that name; names are made only for fields that are there, so the common `close` and
     // `keep-alive` tokens cost no allocation.
-    let listed: Vec<HeaderName> = crate::listener::h1::connection_tokens(headers)
+    let listed: Vec<HeaderName> = crate::http1::connection_tokens(headers)
         .filter(|token| headers.contains_key(*token))
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
@@ -583,10 +583,10 @@ async fn forward(
 fn classify(error: &(dyn std::error::Error + 'static), retried: bool) -> Failure {
     let mut cause = Some(error);
     while let Some(e) = cause {
-        if e.is::<crate::listener::h1::InvalidBody>() {
+        if e.is::<crate::http1::InvalidBody>() {
             return Failure::DownstreamProtocol;
         }
-        if e.is::<crate::upstream::h1::ProtocolError>()
+        if e.is::<crate::http1::ProtocolError>()
             || e.downcast_ref::<hyper::Error>()
                 .is_some_and(|h| h.is_parse() || h.is_parse_status())
         {
@@ -600,8 +600,7 @@ fn classify(error: &(dyn std::error::Error + 'static), retried: bool) -> Failure
 /// A response from hyper framed as egressd's own client requires (one lone `chunked` coding,
 /// at most one length, never both).
 fn framing_is_clean(headers: &HeaderMap) -> bool {
-    crate::upstream::h1::response_transfer_coding(headers).is_ok()
-        && crate::upstream::h1::response_length(headers).is_ok()
+    crate::http1::response_transfer_coding(headers).is_ok() && crate::http1::response_length(headers).is_ok()
 }
 
 fn last_or_reset(attempt: u32) -> Failure {

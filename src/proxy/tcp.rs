@@ -8,8 +8,8 @@ use std::time::{Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use super::ListenerContext;
 use crate::access_log::{AccessLogRecord, ResponseFlags};
-use crate::listener::ListenerContext;
 use crate::routing::snapshot::{Snapshot, TcpProxy};
 use crate::upstream::cluster::ConnectError;
 
@@ -113,8 +113,8 @@ where
     // Plain TCP downstream (passthrough, tcp routes): move bytes with splice(2), never through
     // user space. TLS-terminated streams need the bytes decrypted, so they are copied.
     if let Some(tcp) = (&session.downstream as &dyn std::any::Any).downcast_ref::<tokio::net::TcpStream>() {
-        let progress = super::splice::Progress::default();
-        if let Err(e) = super::splice::bidirectional(tcp, upstream.tcp(), &progress).await {
+        let progress = crate::io::splice::Progress::default();
+        if let Err(e) = crate::io::splice::bidirectional(tcp, upstream.tcp(), &progress).await {
             tracing::debug!(error = %e, cluster = %rt.name, "tcp proxy ended with an error");
             record.connection_termination_details = Some("connection_reset".into());
         }

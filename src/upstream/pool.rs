@@ -16,7 +16,7 @@ use super::cluster::{ClusterRuntime, ConnectError, Slot};
 use super::h1;
 use crate::routing::snapshot::{Cluster, UpstreamProtocol};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::BoxError;
 /// Request bodies sent upstream.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 

@@ -15,8 +15,8 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use super::Splice;
-use crate::proxy::splice::{BodySplice, Side};
-use crate::upstream::pool::BoxError;
+use crate::io::splice::{BodySplice, Side};
+use crate::BoxError;
 
 /// Pieces gathered into one vectored write.
 const MAX_SLICES: usize = 16;

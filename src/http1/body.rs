@@ -14,7 +14,7 @@ use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
-use crate::upstream::pool::BoxError;
+use crate::BoxError;
 
 /// Bytes read from the socket per read call while a body streams in.
 const READ_CHUNK: usize = 16 * 1024;

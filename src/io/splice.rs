@@ -1,15 +1,16 @@
 //! Zero-copy TCP forwarding with `splice(2)` through a pipe, for passthrough and plain TCP.
 //!
-//! Why unsafe: `splice(2)`, `pipe2(2)` and `SO_RCVLOWAT` (`setsockopt(2)`) have no safe wrapper
-//! in std, tokio or socket2. This is the only module allowed to use `unsafe`; each call passes
-//! file descriptors owned by live values (`TcpStream`, `OwnedFd`) and checks the return value.
+//! `splice(2)`, `pipe2(2)` and the pipe's size go through rustix's safe wrappers. Why unsafe
+//! remains: `SO_RCVLOWAT` (`setsockopt(2)`) has no safe wrapper in std, tokio, socket2 or
+//! rustix. This is the only module allowed to use `unsafe`; that one call passes a descriptor
+//! owned by a live `TcpStream` and checks the return value.
 //! Bytes never enter user space, and long bulk streams are read in batches: that is what makes
 //! bulk passthrough cheap (issue 6).
 #![allow(unsafe_code)]
 
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -61,44 +62,18 @@ struct Pipe {
 
 impl Pipe {
     fn new() -> io::Result<Pipe> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-        let pipe = unsafe {
-            Pipe {
-                read: OwnedFd::from_raw_fd(fds[0]),
-                write: OwnedFd::from_raw_fd(fds[1]),
-            }
-        };
+        let (read, write) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::NONBLOCK | rustix::pipe::PipeFlags::CLOEXEC)?;
         // A bigger pipe means fewer wakeups; failure to resize only costs speed.
-        // SAFETY: the descriptor is open (owned by `pipe`).
-        unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
-        Ok(pipe)
+        let _ = rustix::pipe::fcntl_setpipe_size(&write, CHUNK);
+        Ok(Pipe { read, write })
     }
 }
 
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: both descriptors are open for the duration of the call (borrowed from live
-    // owners by the caller); null offsets are allowed for pipes and sockets.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // Null offsets: pipes and sockets have no position.
+    let flags = rustix::pipe::SpliceFlags::MOVE | rustix::pipe::SpliceFlags::NONBLOCK;
+    Ok(rustix::pipe::splice(from, None, to, None, len, flags)?)
 }
 
 /// Empty pipes kept for reuse: a direction holds a pipe only while bytes flow, so idle
@@ -127,13 +102,10 @@ fn give_back(pipe: Pipe) {
 fn discard(pipe: Pipe) {
     let mut scratch = [0u8; 4096];
     loop {
-        // SAFETY: the descriptor is open (owned by `pipe`) and `scratch` is writable for its length.
-        let n = unsafe { libc::read(pipe.read.as_raw_fd(), scratch.as_mut_ptr().cast(), scratch.len()) };
-        if n < scratch.len() as isize {
-            if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
-                return; // broken: drop it
-            }
-            break;
+        match rustix::io::read(&pipe.read, &mut scratch) {
+            Ok(n) if n == scratch.len() => {}
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => break,
+            Err(_) => return, // broken: drop it
         }
     }
     give_back(pipe);
@@ -209,9 +181,7 @@ async fn pump(
             }
             let mut left = n;
             while left > 0 {
-                let written = to.try_io(Interest::WRITABLE, || {
-                    splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
-                });
+                let written = to.try_io(Interest::WRITABLE, || splice(pipe.read.as_fd(), to.as_fd(), left));
                 match written {
                     Ok(m) if m > 0 => left -= m,
                     Ok(_) => {
@@ -247,7 +217,7 @@ async fn pump(
 /// single-threaded runtimes (`crate::worker`): the driver cannot have turned between the read
 /// and the clear (on a multi-threaded runtime another thread could have).
 fn read_into(from: &TcpStream, pipe: &Pipe, batched: bool) -> io::Result<usize> {
-    let read = || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK);
+    let read = || splice(from.as_fd(), pipe.write.as_fd(), CHUNK);
     if !batched {
         return from.try_io(Interest::READABLE, read);
     }
@@ -410,7 +380,7 @@ pub enum Side {
 }
 
 /// Moves an HTTP body of known length from one socket to another through a pipe, for the
-/// HTTP/1.1 codec (`crate::listener::h1`): the body never enters user space. The pipe is taken
+/// HTTP/1.1 codec (`crate::http1`): the body never enters user space. The pipe is taken
 /// on the first move and given back (drained, or emptied) when this is dropped.
 pub struct BodySplice {
     pipe: Option<Pipe>,
@@ -459,9 +429,7 @@ impl BodySplice {
             if self.in_pipe > 0 {
                 ready!(to.poll_write_ready(cx)).map_err(|e| (Side::To, e))?;
                 let left = self.in_pipe;
-                match to.try_io(Interest::WRITABLE, || {
-                    splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
-                }) {
+                match to.try_io(Interest::WRITABLE, || splice(pipe.read.as_fd(), to.as_fd(), left)) {
                     Ok(0) => return Poll::Ready(Err((Side::To, io::ErrorKind::WriteZero.into()))),
                     // All of the pipe, or as much as `to` had room for: the rest next time.
                     Ok(n) => {
@@ -474,9 +442,7 @@ impl BodySplice {
             }
             ready!(from.poll_read_ready(cx)).map_err(|e| (Side::From, e))?;
             let want = usize::try_from(max).unwrap_or(CHUNK).min(CHUNK);
-            match from.try_io(Interest::READABLE, || {
-                splice(from.as_raw_fd(), pipe.write.as_raw_fd(), want)
-            }) {
+            match from.try_io(Interest::READABLE, || splice(from.as_fd(), pipe.write.as_fd(), want)) {
                 Ok(0) => return Poll::Ready(Ok(0)),
                 Ok(n) => self.in_pipe = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

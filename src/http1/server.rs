@@ -1,4 +1,5 @@
-//! The HTTP/1.1 server side of a downstream connection.
+//! The server side of the HTTP/1.1 codec: one downstream connection's requests, read, checked
+//! and framed here and answered by the caller's service; upgrades become tunnels.
 //!
 //! Written for the idle footprint (issue 6): a keep-alive connection waiting for its next
 //! request owns no buffer at all. hyper keeps an 8 KiB read buffer, an 8 KiB header write
@@ -7,9 +8,6 @@
 //! zero-copy header values, the body is framed strictly (RFC 9112 §6; both Content-Length and
 //! Transfer-Encoding is a 400, as in Envoy), and the response goes out with vectored writes.
 //! A connection that opens with the HTTP/2 preface is handed back to the caller (h2c).
-
-mod body;
-mod write;
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -22,15 +20,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 
-use body::Pumped;
-pub use body::{parse_length, poll_read_buf, Decoder, Framing, InvalidBody, Rejected, RequestBody};
-use write::{date_header, status_line, ResponseWriter};
-pub use write::{write_headers, write_headers_unframed, WriteQueue};
-
+use super::body::{self, Decoder, Framing, Pumped, Rejected, RequestBody};
+use super::write::{date_header, status_line, ResponseWriter};
+use super::{wants_keep_alive, Splice};
 use crate::drain::Drain;
-use crate::upstream::pool::BoxError;
+use crate::BoxError;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// A read while no request is in progress goes to the stack first: most heads fit.
@@ -39,35 +34,6 @@ const IDLE_READ: usize = 4096;
 const STACK_HEADERS: usize = 128;
 /// Bytes of pipelined requests read while a response is pending, at most.
 const MAX_PIPELINED: usize = 64 * 1024;
-/// A response body the codec can move with `splice(2)` instead of reading it (egressd's own
-/// upstream client's `Content-Length` bodies, `crate::upstream::h1`).
-pub trait Splice {
-    /// The socket holding the body's next bytes and how many are left, when none of them is
-    /// buffered in user space.
-    fn splice_source(&self) -> Option<(&TcpStream, u64)>;
-    /// `n` bytes were moved to the client.
-    fn spliced(&mut self, n: u64);
-    /// The upstream side failed (or closed) mid-body.
-    fn upstream_broken(&mut self);
-    /// The upstream connection of a `101 Switching Protocols` answer, with the bytes already
-    /// read past its head: the connection becomes a tunnel (WebSocket).
-    fn take_upgrade(&mut self) -> Option<Upgraded> {
-        None
-    }
-    /// The tunnel ended after moving these bytes from and to the client.
-    fn upgrade_finished(&mut self, _from_client: u64, _to_client: u64) {}
-}
-
-/// An upstream connection that switched protocols.
-pub struct Upgraded {
-    pub io: Box<dyn UpgradedIo>,
-    pub read: Bytes,
-}
-
-/// A byte stream a tunnel can run over.
-pub trait UpgradedIo: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> UpgradedIo for T {}
-
 /// What follows an exchange.
 enum Next<B> {
     KeepAlive,
@@ -287,27 +253,6 @@ where
         true => Next::KeepAlive,
         false => Next::Close,
     })
-}
-
-/// The options of every `Connection` field, trimmed, empty list elements skipped.
-pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-/// Whether the other side keeps the connection after this message (RFC 9112 §9.3): `close`
-/// always wins, also over an HTTP/1.0 `keep-alive` beside it.
-pub fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token));
-    match version {
-        Version::HTTP_11 => !has("close"),
-        _ => has("keep-alive") && !has("close"),
-    }
 }
 
 const MISSING_HOST: Rejected = Rejected {
