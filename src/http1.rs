@@ -35,8 +35,8 @@ pub trait Splice {
     /// The upstream side failed (or closed) mid-body.
     fn upstream_broken(&mut self);
     /// The upstream connection of a `101 Switching Protocols` answer, with the bytes already
-    /// read past its head: the connection becomes a tunnel (WebSocket).
-    fn take_upgrade(&mut self) -> Option<Upgraded> {
+    /// read past its head, once it is handed over: the connection becomes a tunnel (WebSocket).
+    fn take_upgrade(&mut self) -> Option<PendingUpgrade> {
         None
     }
     /// The tunnel ended after moving these bytes from and to the client.
@@ -48,6 +48,10 @@ pub struct Upgraded {
     pub io: Box<dyn UpgradedIo>,
     pub read: Bytes,
 }
+
+/// The upstream side of a tunnel, once the client that got the `101` hands it over (at once
+/// for egressd's own client; hyper's after its connection task lets go of it).
+pub type PendingUpgrade = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Upgraded>> + Send>>;
 
 /// A byte stream a tunnel can run over.
 pub trait UpgradedIo: AsyncRead + AsyncWrite + Unpin + Send {}

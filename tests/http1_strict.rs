@@ -525,50 +525,102 @@ async fn websocket_upgrades_become_tunnels() {
 }
 
 /// The same with real WebSocket peers (Python `websockets`, installed by `.ci/run`): a client
-/// through the gateway to an echo server, text and a 256 KiB binary message, a clean close.
+/// through the gateway to an echo server, text and a 256 KiB binary message, a clean close;
+/// once plain, once with the gateway originating TLS (`ws://` in, `wss://` out, hyper's client).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_websocket_client_and_server_talk_through_the_gateway() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/websocket/peer.py");
     let ip = Ipv4Addr::new(127, 0, 0, 192);
-    let port = support::tools::free_port();
-    let mut server = std::process::Command::new("python3")
-        .args([script, "server", &ip.to_string(), &port.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut ready = String::new();
-    let mut out = std::io::BufReader::new(server.stdout.take().unwrap());
-    std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
-    assert_eq!(
-        ready.trim(),
-        "ready",
-        "the WebSocket server did not start (is `websockets` installed?)"
-    );
+    let plain = WebSocketServer::start(ip, None);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("istio.yaml"),
-        istio_yaml_for("ws.example.com", ip, port),
+        istio_yaml_for("ws.example.com", ip, plain.port),
     )
     .unwrap();
-    let mut opts = EgressdOptions::new(dir.path());
+    websocket_client_through(dir.path(), "ws.example.com").await;
+
+    // TLS origination: the DestinationRule of the seed's origination task, for a WebSocket.
+    let ca = support::certs::TestCa::new("websocket-ca");
+    let leaf = ca.server_cert(&["wss.example.com"]);
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = leaf.write_to(files.path(), "cert.pem", "key.pem");
+    let root = ca.write_root(files.path(), "root.pem");
+    let tls = WebSocketServer::start(ip, Some((&cert, &key)));
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: originate}}
+spec:
+  host: wss.example.com
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {}}}
+",
+        istio_yaml_for("wss.example.com", ip, tls.port),
+        root.display()
+    );
+    std::fs::write(dir.path().join("istio.yaml"), yaml).unwrap();
+    websocket_client_through(dir.path(), "wss.example.com").await;
+}
+
+const WEBSOCKET_PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/websocket/peer.py");
+
+/// The Python echo server, stopped (by its id) on drop.
+struct WebSocketServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl WebSocketServer {
+    fn start(ip: Ipv4Addr, tls: Option<(&std::path::Path, &std::path::Path)>) -> WebSocketServer {
+        let port = support::tools::free_port();
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args([WEBSOCKET_PEER, "server", &ip.to_string(), &port.to_string()]);
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().expect("python3");
+        let mut ready = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut out, &mut ready).unwrap();
+        assert_eq!(
+            ready.trim(),
+            "ready",
+            "the WebSocket server did not start (is `websockets` installed?)"
+        );
+        WebSocketServer { child, port }
+    }
+}
+
+impl Drop for WebSocketServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs egressd on `config` and the Python client through it to `host`; checks the client's
+/// verdict and the access log's line.
+async fn websocket_client_through(config: &std::path::Path, host: &'static str) {
+    let mut opts = EgressdOptions::new(config);
     opts.port_mapping = vec![(80, 0)];
     let e = Egressd::start_async(opts).await;
     let gateway = e.gateway_addr(80).to_string();
     let client = tokio::task::spawn_blocking(move || {
         let mut cmd = std::process::Command::new("python3");
-        cmd.args([script, "client", &gateway, "ws.example.com"]);
+        cmd.args([WEBSOCKET_PEER, "client", &gateway, host]);
         support::tools::run_with_timeout(cmd, None, Duration::from_secs(30))
     })
     .await
     .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
     assert!(
         client.status.success() && support::tools::stdout(&client).starts_with("ok "),
-        "{}\n{}",
+        "{host}: {}\n{}\n{}",
         support::tools::stdout(&client),
-        support::tools::stderr(&client)
+        support::tools::stderr(&client),
+        e.stderr()
     );
     let line = log_line(&e, "\"GET /ws HTTP/1.1\" 101 - via_upstream ").await;
-    eprintln!("{line}");
+    eprintln!("{host}: {line}");
 }

@@ -135,7 +135,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     B: Splice,
 {
-    let Some(mut upstream) = body.take_upgrade() else {
+    let Some(pending) = body.take_upgrade() else {
+        return;
+    };
+    let Ok(mut upstream) = pending.await else {
         return;
     };
     let (mut from_client, mut to_client) = (buf.len() as u64, upstream.read.len() as u64);

@@ -81,6 +81,8 @@ impl Drop for RequestLog {
 pub struct ProxyBody {
     inner: Inner,
     log: Option<RequestLog>,
+    /// hyper's half of a `101` answer's connection, for the tunnel.
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 enum Inner {
@@ -89,10 +91,17 @@ enum Inner {
 }
 
 impl ProxyBody {
+    /// A `101` answer from hyper's client: the connection it hands over becomes the tunnel.
+    pub fn with_upgrade(mut self, on: hyper::upgrade::OnUpgrade) -> ProxyBody {
+        self.upgrade = Some(on);
+        self
+    }
+
     pub fn upstream(body: ResponseBody, log: RequestLog) -> ProxyBody {
         ProxyBody {
             inner: Inner::Upstream(body),
             log: Some(log),
+            upgrade: None,
         }
     }
 
@@ -101,6 +110,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Inner::Full(data),
             log,
+            upgrade: None,
         }
     }
 }
@@ -197,9 +207,22 @@ impl crate::http1::Splice for ProxyBody {
         }
     }
 
-    fn take_upgrade(&mut self) -> Option<crate::http1::Upgraded> {
+    fn take_upgrade(&mut self) -> Option<crate::http1::PendingUpgrade> {
+        if let Some(on) = self.upgrade.take() {
+            return Some(Box::pin(async move {
+                let upgraded = on.await.map_err(std::io::Error::other)?;
+                // hyper's `Upgraded` replays the bytes it read past the head itself.
+                Ok(crate::http1::Upgraded {
+                    io: Box::new(hyper_util::rt::TokioIo::new(upgraded)),
+                    read: Bytes::new(),
+                })
+            }));
+        }
         match &mut self.inner {
-            Inner::Upstream(ResponseBody::Own(body)) => body.take_upgrade(),
+            Inner::Upstream(ResponseBody::Own(body)) => {
+                let upgraded = body.take_upgrade()?;
+                Some(Box::pin(std::future::ready(Ok(upgraded))))
+            }
             _ => None,
         }
     }

@@ -125,10 +125,10 @@ where
     apply_header_ops(&mut parts.headers, &route.request_headers);
     apply_header_ops(&mut parts.headers, &weighted.request_headers);
     let upstream_authority = rewrite(route, &mut parts.uri, &authority);
-    // Istio's gateway enables WebSocket upgrades; egressd's own HTTP/1.1 client (plaintext
-    // clusters) carries them. Elsewhere the upgrade headers stay removed and the request is an
-    // ordinary one.
-    let websocket = websocket && rt.config.protocol == UpstreamProtocol::Http1 && rt.config.tls.is_none();
+    // Istio's gateway enables WebSocket upgrades: HTTP/1.1 clusters carry them, plain (egressd's
+    // own client) or with TLS origination (hyper's). HTTP/2 clusters would need RFC 8441's
+    // extended CONNECT: there the upgrade headers stay removed and the request is an ordinary one.
+    let websocket = websocket && rt.config.protocol == UpstreamProtocol::Http1;
     if websocket {
         parts
             .headers
@@ -162,10 +162,17 @@ where
             // A trailers-only gRPC answer carries its status in the headers.
             log.record.grpc_status = super::body::grpc_status(response.headers());
             log.record.upstream_service_time_ms = Some(service_time);
+            let upgrade = (status == 101 && matches!(response.body(), ResponseBody::Hyper(_)))
+                .then(|| hyper::upgrade::on(&mut response));
             let (mut parts, body) = response.into_parts();
             // The client's protocol, not the upstream's, frames the response.
             parts.version = downstream_version;
-            Ok(Response::from_parts(parts, ProxyBody::upstream(body, log)))
+            let body = ProxyBody::upstream(body, log);
+            let body = match upgrade {
+                Some(on) => body.with_upgrade(on),
+                None => body,
+            };
+            Ok(Response::from_parts(parts, body))
         }
         Err(failure) => {
             let reply = failure.reply();
@@ -569,7 +576,10 @@ async fn forward(
                     rt.pool.checkin(sender);
                     continue;
                 }
-                rt.pool.checkin(sender);
+                // A connection that switched protocols belongs to its tunnel now.
+                if status != 101 {
+                    rt.pool.checkin(sender);
+                }
                 host.rq_active.fetch_add(1, Ordering::Relaxed);
                 log.host = Some(host);
                 return Ok((response, started.elapsed().as_millis() as u64));

@@ -335,7 +335,8 @@ impl Pool {
                 .await
                 .map_err(|e| CheckoutError::Handshake(e.to_string()))?;
             tokio::spawn(async move {
-                let _ = conn.await;
+                // A `101` hands the connection to the response (a WebSocket tunnel).
+                let _ = conn.with_upgrades().await;
             });
             Ok(Sender::Http1 {
                 send,
