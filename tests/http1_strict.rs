@@ -495,8 +495,21 @@ async fn websocket_upgrades_become_tunnels() {
             .unwrap();
         assert!(echoed == message, "the tunnel changed the bytes");
     }
+    // Counted as Envoy counts upgrades.
+    let upgrades = |e: &Egressd, suffix: &str| {
+        e.stats()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("http.")
+                    .and_then(|l| l.split_once(&format!(".{suffix}: ")))
+            })
+            .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+    };
+    assert_eq!(upgrades(&g.e, "downstream_cx_upgrades_total"), Some(1));
+    assert_eq!(upgrades(&g.e, "downstream_cx_upgrades_active"), Some(1));
     drop(s);
     let line = log_line(&g.e, "\"GET /ws HTTP/1.1\" 101 - via_upstream ").await;
+    assert_eq!(upgrades(&g.e, "downstream_cx_upgrades_active"), Some(0));
     assert!(line.contains(" 70007 70007 "), "bytes of the tunnel: {line}");
     let head = g
         .origin

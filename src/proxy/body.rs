@@ -21,7 +21,7 @@ pub struct RequestLog {
     pub record: AccessLogRecord,
     started: Instant,
     logger: Arc<AccessLogger>,
-    hcm: Arc<HttpConnManagerStats>,
+    pub(super) hcm: Arc<HttpConnManagerStats>,
     /// Request body bytes, counted by the upstream request body.
     pub received: Arc<AtomicU64>,
     sent: u64,
@@ -83,6 +83,8 @@ pub struct ProxyBody {
     log: Option<RequestLog>,
     /// hyper's half of a `101` answer's connection, for the tunnel.
     upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// A tunnel runs: `downstream_cx_upgrades_active` is up until this body goes.
+    tunnel: Option<Arc<HttpConnManagerStats>>,
 }
 
 enum Inner {
@@ -102,6 +104,7 @@ impl ProxyBody {
             inner: Inner::Upstream(body),
             log: Some(log),
             upgrade: None,
+            tunnel: None,
         }
     }
 
@@ -111,6 +114,7 @@ impl ProxyBody {
             inner: Inner::Full(data),
             log,
             upgrade: None,
+            tunnel: None,
         }
     }
 }
@@ -208,6 +212,12 @@ impl crate::http1::Splice for ProxyBody {
     }
 
     fn take_upgrade(&mut self) -> Option<crate::http1::PendingUpgrade> {
+        // Counted as Envoy counts upgrades (`http.<prefix>.downstream_cx_upgrades_*`).
+        if let Some(log) = &self.log {
+            log.hcm.downstream_cx_upgrades_total.inc();
+            log.hcm.downstream_cx_upgrades_active.inc();
+            self.tunnel = Some(log.hcm.clone());
+        }
         if let Some(on) = self.upgrade.take() {
             return Some(Box::pin(async move {
                 let upgraded = on.await.map_err(std::io::Error::other)?;
@@ -237,6 +247,9 @@ impl crate::http1::Splice for ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
+        if let Some(hcm) = self.tunnel.take() {
+            hcm.downstream_cx_upgrades_active.dec();
+        }
         // Dropped before its end: the client went away (or the connection closed) mid-body.
         let ended = Body::is_end_stream(&*self);
         if let (Some(log), Inner::Upstream(_)) = (&mut self.log, &self.inner) {

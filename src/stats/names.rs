@@ -95,6 +95,10 @@ pub mod http {
     pub const DOWNSTREAM_CX_ACTIVE: &str = "downstream_cx_active";
     pub const DOWNSTREAM_CX_HTTP1_TOTAL: &str = "downstream_cx_http1_total";
     pub const DOWNSTREAM_CX_HTTP2_TOTAL: &str = "downstream_cx_http2_total";
+    /// Requests that became tunnels (WebSocket).
+    pub const DOWNSTREAM_CX_UPGRADES_TOTAL: &str = "downstream_cx_upgrades_total";
+    /// Gauge: tunnels open.
+    pub const DOWNSTREAM_CX_UPGRADES_ACTIVE: &str = "downstream_cx_upgrades_active";
     pub const DOWNSTREAM_RQ_TOTAL: &str = "downstream_rq_total";
     /// Gauge.
     pub const DOWNSTREAM_RQ_ACTIVE: &str = "downstream_rq_active";
