@@ -298,28 +298,48 @@ fn check_target(parts: &http::request::Parts) -> Result<(), Rejected> {
     }
 }
 
-fn valid_host_bytes(host: &[u8]) -> bool {
-    std::str::from_utf8(host).is_ok_and(valid_host)
+fn valid_host(host: &str) -> bool {
+    valid_host_bytes(host.as_bytes())
 }
 
-/// `uri-host [":" port]` (RFC 9110 §7.2): not empty, no userinfo, a form `http` accepts, and a
-/// port (when there is a colon) of digits up to 65535.
-fn valid_host(host: &str) -> bool {
-    if host.is_empty() || host.contains('@') {
+/// `uri-host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): an IP literal in brackets or a
+/// non-empty reg-name (unreserved, sub-delims, percent-encodings: so no userinfo), then a port
+/// of digits up to 65535 when there is a colon. A byte loop, no allocation: it runs per request.
+fn valid_host_bytes(host: &[u8]) -> bool {
+    let (name, port) = if let Some(literal) = host.strip_prefix(b"[") {
+        let Some(end) = literal.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inside = &literal[..end];
+        if inside.is_empty() || !inside.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return false;
+        }
+        (&host[..end + 2], &host[end + 2..])
+    } else {
+        let end = host.iter().position(|&b| b == b':').unwrap_or(host.len());
+        let name = &host[..end];
+        let mut i = 0;
+        while i < name.len() {
+            match name[i] {
+                b'%' if name.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) => i += 3,
+                b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => i += 1,
+                _ => return false,
+            }
+        }
+        (name, &host[end..])
+    };
+    if name.is_empty() {
         return false;
     }
-    let Ok(authority) = host.parse::<http::uri::Authority>() else {
-        return false;
-    };
-    match host.get(authority.host().len()..) {
-        Some("") => true,
-        Some(port) => port.strip_prefix(':').is_some_and(|p| {
-            !p.is_empty()
-                && p.len() <= 5
-                && p.bytes().all(|b| b.is_ascii_digit())
-                && p.parse::<u32>().is_ok_and(|n| n <= 65535)
-        }),
-        None => false,
+    match port {
+        [] => true,
+        [b':', digits @ ..] => {
+            !digits.is_empty()
+                && digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && digits.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535
+        }
+        _ => false,
     }
 }
 
@@ -343,9 +363,10 @@ async fn read_head<S: AsyncRead + Unpin>(
                     return Ok(Head::Http2);
                 }
             } else {
-                let ended = head_end_seen(buf, scanned);
+                // The first bytes are parsed at once (most heads arrive whole): no scan then.
+                let parse = parsed_at == 0 || buf.len() >= 2 * parsed_at || head_end_seen(buf, scanned);
                 scanned = buf.len();
-                if ended || parsed_at == 0 || buf.len() >= 2 * parsed_at {
+                if parse {
                     parsed_at = buf.len();
                     match parse_head(buf, settings) {
                         Ok(Some(request)) => return Ok(Head::Request(request)),
@@ -559,6 +580,8 @@ mod tests {
             "GET / HTTP/1.1\r\nhost: [::1]:80\r\n\r\n",
             "GET / HTTP/1.1\r\nhost: My_Svc.ns.svc.cluster.local:8080\r\n\r\n",
             "GET / HTTP/1.1\r\nhost: 10.0.0.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a%2Db.example:65535\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: [2001:db8::1]\r\n\r\n",
             "GET / HTTP/1.0\r\nhost: a.example\r\n\r\n",
             "GET http://a.example/x HTTP/1.1\r\nhost: b.example\r\n\r\n",
             "GET http://a.example/x HTTP/1.1\r\n\r\n",
@@ -596,6 +619,12 @@ mod tests {
                 "GET / HTTP/1.1\r\nhost: a.example:80x\r\n\r\n",
                 "http.invalid_authority",
             ),
+            ("GET / HTTP/1.1\r\nhost: a.example:65536\r\n\r\n", "http.invalid_authority"),
+            ("GET / HTTP/1.1\r\nhost: a.example:\r\n\r\n", "http.invalid_authority"),
+            ("GET / HTTP/1.1\r\nhost: [::1\r\n\r\n", "http.invalid_authority"),
+            ("GET / HTTP/1.1\r\nhost: [zz]:80\r\n\r\n", "http.invalid_authority"),
+            ("GET / HTTP/1.1\r\nhost: a%zz.example\r\n\r\n", "http.invalid_authority"),
+            ("GET / HTTP/1.1\r\nhost: a/b\r\n\r\n", "http.invalid_authority"),
         ];
         for (raw, details) in refused {
             assert_eq!(target(raw).map_err(|r| r.details), Err(details), "{raw:?}");

@@ -177,7 +177,8 @@ impl Body for ProxyBody {
 /// A `grpc-status` field's code (RFC-less: gRPC's PROTOCOL-HTTP2.md, a decimal 0-16, or any
 /// other number an implementation sends).
 pub fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
-    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+    static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    headers.get(&GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// The upstream went away mid-response: the client sees a reset too.

@@ -159,8 +159,11 @@ where
             apply_header_ops(response.headers_mut(), &weighted.response_headers);
             log.record.response_code = status;
             log.record.response_code_details = Some("via_upstream".into());
-            // A trailers-only gRPC answer carries its status in the headers.
-            log.record.grpc_status = super::body::grpc_status(response.headers());
+            // A trailers-only gRPC answer carries its status in the headers (gRPC is HTTP/2 only:
+            // HTTP/1.1 requests skip the lookup).
+            if downstream_version == Version::HTTP_2 {
+                log.record.grpc_status = super::body::grpc_status(response.headers());
+            }
             log.record.upstream_service_time_ms = Some(service_time);
             let upgrade = (status == 101 && matches!(response.body(), ResponseBody::Hyper(_)))
                 .then(|| hyper::upgrade::on(&mut response));
