@@ -129,7 +129,6 @@ async fn connection_error(mut conn: H2Conn, frames: &[u8]) -> ErrorCode {
 /// treated as a connection error of type FRAME_SIZE_ERROR", and so must a SETTINGS ACK with a
 /// payload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "h2 crate 0.4.20: GOAWAY PROTOCOL_ERROR"]
 async fn settings_of_a_wrong_length_is_frame_size_error() {
     let g = Gateway::start().await;
     let mut seven = settings_payload(&[(SETTINGS_MAX_CONCURRENT_STREAMS, 100)]);

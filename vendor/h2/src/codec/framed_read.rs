@@ -233,7 +233,14 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load SETTINGS frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                let reason = match e {
+                    // egressd: RFC 9113 §6.5, a SETTINGS length that is not a multiple of 6, or
+                    // an ACK with a payload, is a connection error of type FRAME_SIZE_ERROR.
+                    frame::Error::InvalidPayloadAckSettings
+                    | frame::Error::InvalidPayloadLength => Reason::FRAME_SIZE_ERROR,
+                    _ => Reason::PROTOCOL_ERROR,
+                };
+                Error::library_go_away(reason)
             })?
             .into()
         }
