@@ -150,7 +150,6 @@ async fn settings_of_a_wrong_length_is_frame_size_error() {
 /// (b) RFC 9113 §6.5.2: "Values above the maximum flow-control window size of 2^31-1 MUST be
 /// treated as a connection error of type FLOW_CONTROL_ERROR."
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "h2 crate 0.4.20: GOAWAY PROTOCOL_ERROR"]
 async fn initial_window_size_above_2_31_minus_1_is_flow_control_error() {
     let g = Gateway::start().await;
     let settings = settings_payload(&[(SETTINGS_INITIAL_WINDOW_SIZE, 1 << 31)]);

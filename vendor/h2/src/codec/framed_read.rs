@@ -238,6 +238,9 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                     // an ACK with a payload, is a connection error of type FRAME_SIZE_ERROR.
                     frame::Error::InvalidPayloadAckSettings
                     | frame::Error::InvalidPayloadLength => Reason::FRAME_SIZE_ERROR,
+                    // egressd: RFC 9113 §6.5.2, SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1 is a
+                    // connection error of type FLOW_CONTROL_ERROR.
+                    frame::Error::InvalidInitialWindowSize => Reason::FLOW_CONTROL_ERROR,
                     _ => Reason::PROTOCOL_ERROR,
                 };
                 Error::library_go_away(reason)

@@ -141,6 +141,10 @@ pub enum Error {
     /// An invalid setting value was provided
     InvalidSettingValue,
 
+    /// egressd: SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1, a FLOW_CONTROL_ERROR rather than
+    /// the PROTOCOL_ERROR of `InvalidSettingValue` (RFC 9113 §6.5.2).
+    InvalidInitialWindowSize,
+
     /// An invalid window update value
     InvalidWindowUpdateValue,
 
