@@ -7,12 +7,13 @@
 //! Envoy 1.40 (HCM on 127.0.0.1, `codec_type: AUTO`, a route to an origin that never answers),
 //! given the same bytes:
 //! - (a) SETTINGS of 7 octets, and SETTINGS ACK with a payload: GOAWAY FRAME_SIZE_ERROR.
-//! - (b) SETTINGS_INITIAL_WINDOW_SIZE 2^31: no frame at all, not even its SETTINGS; a FIN after
-//!   its 1 s delayed close (debug log: "invalid frame: Flow control error on stream 0").
+//! - (b) SETTINGS_INITIAL_WINDOW_SIZE 2^31: no GOAWAY, only a FIN after its 1 s delayed close
+//!   (debug log: "invalid frame: Flow control error on stream 0").
 //! - (c) DATA after END_STREAM: GOAWAY STREAM_CLOSED, "DATA: stream in half-closed(remote)", a
 //!   connection error where RFC 9113 §5.1 asks for a stream error: this test expects RST_STREAM
 //!   STREAM_CLOSED and the connection kept.
-//! - (d) HPACK table size update to 4097 (limit 4096): GOAWAY COMPRESSION_ERROR.
+//! - (d) HPACK table size update to 4097 (limit 4096), or one after a field: GOAWAY
+//!   COMPRESSION_ERROR.
 //!
 //! Loopback address 127.0.0.200 (origin).
 
@@ -194,10 +195,9 @@ async fn data_after_end_stream_is_stream_closed() {
 }
 
 /// (d) RFC 7541 §4.2 and §6.3: a dynamic table size update above the limit the decoder set
-/// (SETTINGS_HEADER_TABLE_SIZE) "MUST be treated as a decoding error", which RFC 9113 §4.3 makes
-/// a connection error of type COMPRESSION_ERROR.
+/// (SETTINGS_HEADER_TABLE_SIZE), or anywhere but at the start of a field block, "MUST be treated
+/// as a decoding error", which RFC 9113 §4.3 makes a connection error of type COMPRESSION_ERROR.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "h2 crate 0.4.20: GOAWAY PROTOCOL_ERROR"]
 async fn hpack_table_size_update_above_the_setting_is_compression_error() {
     let g = Gateway::start().await;
     let conn = g.connect().await;
@@ -208,6 +208,14 @@ async fn hpack_table_size_update_above_the_setting_is_compression_error() {
     let mut block = hpack_size_update(limit + 1);
     block.extend(request_block(HOST, "/"));
     let code = connection_error(conn, &frame(HEADERS, END_STREAM | END_HEADERS, 1, &block)).await;
-    assert_eq!(code, ErrorCode::CompressionError);
+    assert_eq!(code, ErrorCode::CompressionError, "size update to {}", limit + 1);
+
+    // `:method GET` (static index 2), then a size update within the limit.
+    let mut block = vec![0x82];
+    block.extend(hpack_size_update(100));
+    block.extend_from_slice(&request_block(HOST, "/")[1..]);
+    let frames = frame(HEADERS, END_STREAM | END_HEADERS, 1, &block);
+    let code = connection_error(g.connect().await, &frames).await;
+    assert_eq!(code, ErrorCode::CompressionError, "size update after a field");
     g.assert_serves_h2c().await;
 }

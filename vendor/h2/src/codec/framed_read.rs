@@ -205,6 +205,12 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                         "header_list_way_too_large",
                     ));
                 },
+                // egressd: RFC 7541 §4.2 and §6.3, a dynamic table size update above the
+                // limit (or after a field) is a decoding error: COMPRESSION_ERROR by RFC 9113 §4.3.
+                Err(frame::Error::Hpack(hpack::DecoderError::InvalidMaxDynamicSize)) => {
+                    proto_err!(conn: "invalid HPACK dynamic table size update");
+                    return Err(Error::library_go_away(Reason::COMPRESSION_ERROR));
+                },
                 Err(e) => {
                     proto_err!(conn: "failed HPACK decoding; err={:?}", e);
                     return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
@@ -397,6 +403,11 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                         Reason::ENHANCE_YOUR_CALM,
                         "header_list_way_too_large",
                     ));
+                }
+                // egressd: as for HEADERS above (RFC 7541 §4.2, §6.3; RFC 9113 §4.3).
+                Err(frame::Error::Hpack(hpack::DecoderError::InvalidMaxDynamicSize)) => {
+                    proto_err!(conn: "invalid HPACK dynamic table size update in CONTINUATION");
+                    return Err(Error::library_go_away(Reason::COMPRESSION_ERROR));
                 }
                 Err(e) => {
                     proto_err!(conn: "failed HPACK decoding; err={:?}", e);
