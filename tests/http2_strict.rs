@@ -1,6 +1,6 @@
 //! Issue 16: downstream HTTP/2 answers four protocol violations with the RFC 9113 error code, as
-//! h2spec-style probes expect. hyper's HTTP/2 codec (the `h2` crate, 0.4.20) answers all four
-//! with GOAWAY PROTOCOL_ERROR: each case is ignored until vendor/h2 fixes it.
+//! h2spec-style probes expect. hyper's HTTP/2 codec (the `h2` crate, 0.4.20) answered all four
+//! with GOAWAY PROTOCOL_ERROR; egressd builds a patched copy (vendor/h2, see its EGRESSD.md).
 //! Each test sends one violation as raw frames after the h2c preface to the gateway's HTTP port;
 //! h2 over TLS runs the same codec.
 //!
@@ -165,7 +165,6 @@ async fn initial_window_size_above_2_31_minus_1_is_flow_control_error() {
 /// origin's `/hang`, so the stream is still half-closed (remote) when the DATA arrives; the
 /// connection outlives the stream error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "h2 crate 0.4.20: GOAWAY PROTOCOL_ERROR"]
 async fn data_after_end_stream_is_stream_closed() {
     let g = Gateway::start().await;
     let mut conn = g.connect().await;

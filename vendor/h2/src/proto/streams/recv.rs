@@ -660,6 +660,18 @@ impl Recv {
 
         let is_ignoring_frame = stream.state.is_local_error();
 
+        if !is_ignoring_frame && stream.state.is_half_closed_remote() {
+            // egressd: RFC 9113 §5.1, DATA on a half-closed (remote) stream is a stream error
+            // of type STREAM_CLOSED. The frame still counts against the connection window,
+            // which the caller releases on a stream error, as for the resets below.
+            tracing::debug!(
+                "stream error STREAM_CLOSED -- DATA after END_STREAM; stream={:?};",
+                stream.id
+            );
+            self.consume_connection_window(sz)?;
+            return Err(Error::library_reset(stream.id, Reason::STREAM_CLOSED));
+        }
+
         if !is_ignoring_frame && !stream.state.is_recv_streaming() {
             // TODO: There are cases where this can be a stream error of
             // STREAM_CLOSED instead...

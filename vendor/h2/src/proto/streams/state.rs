@@ -421,6 +421,11 @@ impl State {
         )
     }
 
+    /// egressd: END_STREAM received, the send half still open (RFC 9113 §5.1).
+    pub fn is_half_closed_remote(&self) -> bool {
+        matches!(self.inner, HalfClosedRemote(..))
+    }
+
     pub fn is_recv_end_stream(&self) -> bool {
         // In each case END_STREAM has been received.
         matches!(
