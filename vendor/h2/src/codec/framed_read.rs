@@ -208,7 +208,9 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                 // egressd: RFC 7541 §4.2 and §6.3, a dynamic table size update above the
                 // limit (or after a field) is a decoding error: COMPRESSION_ERROR by RFC 9113 §4.3.
                 Err(frame::Error::Hpack(hpack::DecoderError::InvalidMaxDynamicSize)) => {
-                    proto_err!(conn: "invalid HPACK dynamic table size update");
+                    tracing::debug!(
+                        "connection error COMPRESSION_ERROR -- invalid HPACK table size update;"
+                    );
                     return Err(Error::library_go_away(Reason::COMPRESSION_ERROR));
                 },
                 Err(e) => {
@@ -238,7 +240,6 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             let res = frame::Settings::load(head, &bytes[frame::HEADER_LEN..]);
 
             res.map_err(|e| {
-                proto_err!(conn: "failed to load SETTINGS frame; err={:?}", e);
                 let reason = match e {
                     // egressd: RFC 9113 §6.5, a SETTINGS length that is not a multiple of 6, or
                     // an ACK with a payload, is a connection error of type FRAME_SIZE_ERROR.
@@ -249,6 +250,12 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                     frame::Error::InvalidInitialWindowSize => Reason::FLOW_CONTROL_ERROR,
                     _ => Reason::PROTOCOL_ERROR,
                 };
+                // egressd: the log names the code sent (proto_err! says PROTOCOL_ERROR).
+                tracing::debug!(
+                    "connection error {:?} -- failed to load SETTINGS frame; err={:?};",
+                    reason,
+                    e
+                );
                 Error::library_go_away(reason)
             })?
             .into()
@@ -406,7 +413,10 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                 }
                 // egressd: as for HEADERS above (RFC 7541 §4.2, §6.3; RFC 9113 §4.3).
                 Err(frame::Error::Hpack(hpack::DecoderError::InvalidMaxDynamicSize)) => {
-                    proto_err!(conn: "invalid HPACK dynamic table size update in CONTINUATION");
+                    tracing::debug!(
+                        "connection error COMPRESSION_ERROR -- invalid HPACK table size update \
+                         in CONTINUATION;"
+                    );
                     return Err(Error::library_go_away(Reason::COMPRESSION_ERROR));
                 }
                 Err(e) => {
