@@ -10,6 +10,7 @@
 pub mod certs;
 pub mod dns;
 pub mod egressd;
+pub mod h2frames;
 pub mod origin;
 pub mod raw;
 pub mod scripted;
