@@ -321,7 +321,12 @@ fn valid_host_bytes(host: &[u8]) -> bool {
         let mut i = 0;
         while i < name.len() {
             match name[i] {
-                b'%' if name.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) => i += 3,
+                b'%' if name
+                    .get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+                {
+                    i += 3
+                }
                 b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => i += 1,
                 _ => return false,
             }
@@ -619,7 +624,10 @@ mod tests {
                 "GET / HTTP/1.1\r\nhost: a.example:80x\r\n\r\n",
                 "http.invalid_authority",
             ),
-            ("GET / HTTP/1.1\r\nhost: a.example:65536\r\n\r\n", "http.invalid_authority"),
+            (
+                "GET / HTTP/1.1\r\nhost: a.example:65536\r\n\r\n",
+                "http.invalid_authority",
+            ),
             ("GET / HTTP/1.1\r\nhost: a.example:\r\n\r\n", "http.invalid_authority"),
             ("GET / HTTP/1.1\r\nhost: [::1\r\n\r\n", "http.invalid_authority"),
             ("GET / HTTP/1.1\r\nhost: [zz]:80\r\n\r\n", "http.invalid_authority"),
