@@ -215,6 +215,11 @@ fn broken_configs_print_every_error_with_file_and_line() {
             format!("{}:35: error: DestinationRule/default/cnn spec.trafficPolicy.tls.mode: MUTUAL needs clientCertificate and privateKey", f("bad-values")),
             format!("{}:45: error: ServiceEntry/default/cnn spec.ports[0].number: invalid type: string \"eighty\", expected u32", f("bad-values")),
         ]),
+        // Issue 16: a configured length would frame a body on a pooled upstream connection.
+        (f("framing-header-ops"), vec![
+            format!("{}:33: error: VirtualService/default/cnn spec.http[0].headers.request.set.content-length: header operation on `content-length`, which frames the message or belongs to one hop; the gateway sets it", f("framing-header-ops")),
+            format!("{}:36: error: VirtualService/default/cnn spec.http[0].headers.response.add.transfer-encoding: header operation on `transfer-encoding`, which frames the message or belongs to one hop; the gateway sets it", f("framing-header-ops")),
+        ]),
         (f("yaml-syntax"), vec![
             format!("{}:8: error: YAML syntax error: while parsing a flow mapping, did not find expected ',' or '}}'", f("yaml-syntax")),
         ]),
