@@ -2,6 +2,7 @@
 //! source locations, and the bootstrap. Loading never validates semantics; `routing::compile`
 //! does, and reports every problem at once.
 
+pub mod authorization_policy;
 pub mod bootstrap;
 pub mod destination_rule;
 pub mod diagnostic;
@@ -28,6 +29,7 @@ pub enum Kind {
     VirtualService,
     DestinationRule,
     ServiceEntry,
+    AuthorizationPolicy,
 }
 
 impl Kind {
@@ -37,6 +39,15 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+        }
+    }
+
+    /// The API group the kind belongs to.
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::AuthorizationPolicy => "security.istio.io",
+            _ => "networking.istio.io",
         }
     }
 
@@ -46,6 +57,7 @@ impl Kind {
             "VirtualService" => Kind::VirtualService,
             "DestinationRule" => Kind::DestinationRule,
             "ServiceEntry" => Kind::ServiceEntry,
+            "AuthorizationPolicy" => Kind::AuthorizationPolicy,
             _ => return None,
         })
     }
@@ -98,6 +110,7 @@ pub struct Resource {
     pub name: String,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
     pub origin: Origin,
     pub spec: Spec,
 }
@@ -109,6 +122,7 @@ pub enum Spec {
     /// Boxed: by far the largest spec, and resources are built once per load.
     DestinationRule(Box<destination_rule::DestinationRuleSpec>),
     ServiceEntry(service_entry::ServiceEntrySpec),
+    AuthorizationPolicy(authorization_policy::AuthorizationPolicySpec),
 }
 
 impl Resource {
@@ -118,6 +132,7 @@ impl Resource {
             Spec::VirtualService(_) => Kind::VirtualService,
             Spec::DestinationRule(_) => Kind::DestinationRule,
             Spec::ServiceEntry(_) => Kind::ServiceEntry,
+            Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
         }
     }
 

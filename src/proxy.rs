@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use crate::access_log::AccessLogger;
 use crate::config::Bootstrap;
 use crate::routing::snapshot::Snapshot;
-use crate::stats::{HttpConnManagerStats, ListenerStats, SniStats, Store, TcpProxyStats};
+use crate::stats::{HttpConnManagerStats, ListenerStats, RbacStats, SniStats, Store, TcpProxyStats};
 use crate::upstream::cluster::ClusterManager;
 
 /// What a connection task needs, besides its socket: its listener's name, bound address and
@@ -39,6 +39,9 @@ pub struct Shared {
     /// Beyond Envoy: per-SNI counters for passthrough traffic, capped.
     pub sni: SniStats,
     hcm_stats: Mutex<HashMap<String, Arc<HttpConnManagerStats>>>,
+    /// `http.<prefix>.rbac.*` by prefix, and `tcp.rbac.*` (key ""), made on first use: Envoy has
+    /// them only where an RBAC filter is.
+    rbac_stats: Mutex<HashMap<String, Arc<RbacStats>>>,
     tcp_stats: Mutex<HashMap<String, Arc<TcpProxyStats>>>,
 }
 
@@ -58,6 +61,7 @@ impl Shared {
             store,
             hcm_stats: Mutex::new(HashMap::new()),
             tcp_stats: Mutex::new(HashMap::new()),
+            rbac_stats: Mutex::new(HashMap::new()),
         }
     }
 
@@ -72,6 +76,21 @@ impl Shared {
         s
     }
 
+    /// The RBAC counters of an HTTP connection manager (`Some(prefix)`) or of TCP chains.
+    pub fn rbac_stats(&self, http_prefix: Option<&str>) -> Arc<RbacStats> {
+        let key = http_prefix.unwrap_or("");
+        let mut map = self.rbac_stats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(key) {
+            return s.clone();
+        }
+        let s = Arc::new(match http_prefix {
+            Some(prefix) => RbacStats::http(&self.store, prefix),
+            None => RbacStats::tcp(&self.store),
+        });
+        map.insert(key.to_string(), s.clone());
+        s
+    }
+
     /// The `http.<prefix>.` stats, resolved once per prefix (one map lookup per connection,
     /// none per request).
     pub fn hcm_stats(&self, prefix: &str) -> Arc<HttpConnManagerStats> {
@@ -83,6 +102,11 @@ impl Shared {
         map.insert(prefix.to_string(), s.clone());
         s
     }
+}
+
+/// The principal RBAC matches: the peer certificate's SPIFFE id without `spiffe://`.
+pub fn principal_of(peer_identity: Option<&str>) -> Option<&str> {
+    peer_identity?.strip_prefix("spiffe://")
 }
 
 /// Picks one destination by weight (a single destination is taken as is).

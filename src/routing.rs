@@ -2,6 +2,7 @@
 //! istiod's gateway semantics) and answers per-request route lookups from it.
 //! Nothing outside `compile` validates config.
 
+pub mod authz;
 mod compile;
 pub mod host;
 pub mod http_match;

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-pub use family::{ClusterStats, HttpConnManagerStats, ListenerStats, ServerState, ServerStats, TcpProxyStats};
+pub use family::{
+    ClusterStats, HttpConnManagerStats, ListenerStats, RbacStats, ServerState, ServerStats, TcpProxyStats,
+};
 pub use names::Scope;
 pub use render::RenderOptions;
 pub use sni::{SniCounters, SniStats};

@@ -14,8 +14,9 @@ use super::{Diagnostic, Kind, Origin, Resource, Severity, Spec};
 /// Config files larger than this are refused (a ConfigMap is at most 1 MiB).
 const MAX_FILE_BYTES: u64 = 16 << 20;
 
-const ISTIO_GROUP: &str = "networking.istio.io";
 const ISTIO_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
+/// `security.istio.io` has no v1alpha3 AuthorizationPolicy.
+const SECURITY_VERSIONS: [&str; 2] = ["v1beta1", "v1"];
 
 /// Everything read from the config paths: the resources, and what was found wrong on the way.
 #[derive(Debug, Default, Clone)]
@@ -146,7 +147,7 @@ fn load_object(file: &Arc<str>, node: Arc<Node>, default_namespace: &str, loaded
         return;
     }
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let known = Kind::from_name(kind).filter(|_| group == ISTIO_GROUP);
+    let known = Kind::from_name(kind).filter(|k| group == k.group());
     let Some(kind) = known else {
         let name = object
             .get("metadata")
@@ -159,7 +160,7 @@ fn load_object(file: &Arc<str>, node: Arc<Node>, default_namespace: &str, loaded
             line: Some(node.line),
             resource: Some(format!("{kind}/{name}")),
             field: None,
-            message: format!("skipped {api_version} {kind}: egressd reads only {ISTIO_GROUP} Gateway, VirtualService, DestinationRule and ServiceEntry"),
+            message: format!("skipped {api_version} {kind}: egressd reads only networking.istio.io Gateway, VirtualService, DestinationRule and ServiceEntry, and security.istio.io AuthorizationPolicy"),
             fix: None,
         });
         return;
@@ -176,6 +177,10 @@ fn load_object(file: &Arc<str>, node: Arc<Node>, default_namespace: &str, loaded
         .get("labels")
         .and_then(|l| serde_json::from_value(l.clone()).ok())
         .unwrap_or_default();
+    let annotations: BTreeMap<String, String> = metadata
+        .get("annotations")
+        .and_then(|l| serde_json::from_value(l.clone()).ok())
+        .unwrap_or_default();
     let origin = Origin {
         file: file.clone(),
         node: node.clone(),
@@ -185,12 +190,14 @@ fn load_object(file: &Arc<str>, node: Arc<Node>, default_namespace: &str, loaded
         name,
         namespace,
         labels,
+        annotations,
         origin,
         spec: match kind {
             Kind::Gateway => Spec::Gateway(Default::default()),
             Kind::VirtualService => Spec::VirtualService(Default::default()),
             Kind::DestinationRule => Spec::DestinationRule(Box::default()),
             Kind::ServiceEntry => Spec::ServiceEntry(Default::default()),
+            Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(Default::default()),
         },
     };
     if resource.name.is_empty() {
@@ -201,7 +208,11 @@ fn load_object(file: &Arc<str>, node: Arc<Node>, default_namespace: &str, loaded
         );
         return;
     }
-    if !ISTIO_VERSIONS.contains(&version) {
+    let versions: &[&str] = match kind {
+        Kind::AuthorizationPolicy => &SECURITY_VERSIONS,
+        _ => &ISTIO_VERSIONS,
+    };
+    if !versions.contains(&version) {
         loaded.diagnostics.push(
             resource
                 .diagnostic(
@@ -209,7 +220,7 @@ fn load_object(file: &Arc<str>, node: Arc<Node>, default_namespace: &str, loaded
                     "apiVersion",
                     format!("unknown version `{api_version}`"),
                 )
-                .with_fix(format!("use {ISTIO_GROUP}/v1, v1beta1 or v1alpha3")),
+                .with_fix(format!("use {}/{}", kind.group(), versions.join(", "))),
         );
         return;
     }
@@ -219,6 +230,7 @@ fn load_object(file: &Arc<str>, node: Arc<Node>, default_namespace: &str, loaded
         Kind::VirtualService => typed(&resource, spec_value, loaded).map(Spec::VirtualService),
         Kind::DestinationRule => typed(&resource, spec_value, loaded).map(|dr| Spec::DestinationRule(Box::new(dr))),
         Kind::ServiceEntry => typed(&resource, spec_value, loaded).map(Spec::ServiceEntry),
+        Kind::AuthorizationPolicy => typed(&resource, spec_value, loaded).map(Spec::AuthorizationPolicy),
     };
     if let Some(spec) = parsed {
         resource.spec = spec;
@@ -235,13 +247,25 @@ fn typed<T: DeserializeOwned>(resource: &Resource, spec: Value, loaded: &mut Loa
         let ignoring = serde_ignored::Deserializer::new(spec, &mut track);
         serde_path_to_error::deserialize(ignoring)
     };
+    // An authorization condition egressd does not read would widen an ALLOW rule or narrow a
+    // DENY one: refused, so that the config is not served rather than failing open.
+    let refuse_unknown = resource.kind() == Kind::AuthorizationPolicy;
+    let unknown_count = unknown.len();
     for path in unknown {
         let field = format!("spec.{}", dotted_to_indexed(&path));
-        loaded.diagnostics.push(
+        let diagnostic = if refuse_unknown {
+            resource
+                .diagnostic(Severity::Error, &field, "unknown field in an AuthorizationPolicy: egressd does not serve policies it cannot enforce in full")
+                .with_fix("check the spelling; remove the field if this Istio version does not have it")
+        } else {
             resource
                 .diagnostic(Severity::Warning, &field, "unknown field, ignored")
-                .with_fix("check the spelling; egressd reads both camelCase and snake_case names"),
-        );
+                .with_fix("check the spelling; egressd reads both camelCase and snake_case names")
+        };
+        loaded.diagnostics.push(diagnostic);
+    }
+    if refuse_unknown && unknown_count > 0 {
+        return None;
     }
     match result {
         Ok(spec) => Some(spec),

@@ -77,6 +77,7 @@ pub async fn serve<S>(
         sni,
         peer_identity,
         stats: stats.clone(),
+        rbac: std::sync::OnceLock::new(),
     });
     // Boxed: hyper keeps a slot the size of the service's future for the connection's whole
     // life; the request future is ~20 KiB, a box is allocated only while a request is in flight.

@@ -16,6 +16,7 @@ use super::body::{CountedRequestBody, ProxyBody, RequestLog};
 use super::local_reply::Failure;
 use super::Shared;
 use crate::access_log::{AccessLogRecord, Protocol};
+use crate::routing::authz::{Attributes, HttpAttributes};
 use crate::routing::http_match::RequestView;
 use crate::routing::snapshot::{
     HeaderOps, HttpConnectionManager, Redirect, Route, RouteAction, Snapshot, UpstreamProtocol,
@@ -37,6 +38,8 @@ pub struct HttpConn {
     pub sni: Option<Box<str>>,
     pub peer_identity: Option<Arc<str>>,
     pub stats: Arc<HttpConnManagerStats>,
+    /// The RBAC counters, looked up on the first request that meets a policy.
+    pub rbac: std::sync::OnceLock<Arc<crate::stats::RbacStats>>,
 }
 
 /// Headers that describe one hop and never cross the proxy.
@@ -102,16 +105,27 @@ where
             .iter()
             .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(&view)))
     });
+    // The route is chosen before the RBAC filters run, as in Envoy: a denial names its route
+    // and cluster in the log.
+    let weighted = match route.map(|r| &r.action) {
+        Some(RouteAction::Forward(clusters)) => super::pick_weighted(clusters),
+        _ => None,
+    };
+    if let Some(route) = route {
+        log.record.route_name = route.name.as_deref().map(Arc::from);
+    }
+    if let Some(weighted) = weighted {
+        log.record.upstream_cluster = Some(weighted.cluster.as_str().into());
+    }
+    if let Some(denied) = authorize(&conn, hcm, &parts, &authority) {
+        return Ok(local(log, &denied, &conn.stats));
+    }
     let Some(route) = route else {
         return Ok(local(log, &Failure::NoRoute, &conn.stats));
     };
-    log.record.route_name = route.name.as_deref().map(Arc::from);
-    let weighted = match &route.action {
-        RouteAction::Redirect(redirect) => {
-            return Ok(redirect_reply(log, redirect, &parts.uri, &authority, conn.scheme))
-        }
-        RouteAction::Forward(clusters) => super::pick_weighted(clusters),
-    };
+    if let RouteAction::Redirect(redirect) = &route.action {
+        return Ok(redirect_reply(log, redirect, &parts.uri, &authority, conn.scheme));
+    }
     let Some(weighted) = weighted else {
         return Ok(local(log, &Failure::NoRoute, &conn.stats));
     };
@@ -186,6 +200,34 @@ where
             Ok(local(log, &failure, &conn.stats))
         }
     }
+}
+
+/// The AuthorizationPolicy filters of HTTP chains; `Some` with the 403 when they deny.
+fn authorize(
+    conn: &HttpConn,
+    hcm: &HttpConnectionManager,
+    parts: &http::request::Parts,
+    authority: &str,
+) -> Option<Failure> {
+    let filters = &conn.snapshot.authz.http;
+    if filters.is_empty() {
+        return None;
+    }
+    let attributes = Attributes {
+        principal: super::principal_of(conn.peer_identity.as_deref()),
+        peer: conn.remote.ip(),
+        local: conn.local,
+        sni: conn.sni.as_deref(),
+        http: Some(HttpAttributes {
+            authority,
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            headers: &parts.headers,
+        }),
+    };
+    let stats = conn.rbac.get_or_init(|| conn.shared.rbac_stats(Some(&hcm.stat_prefix)));
+    let details = filters.evaluate(&attributes, &**stats).details()?;
+    Some(Failure::AccessDenied { details })
 }
 
 fn start_log<B>(conn: &HttpConn, req: &Request<B>) -> RequestLog {

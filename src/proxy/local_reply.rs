@@ -30,6 +30,9 @@ pub enum Failure {
     /// The client's request body broke its framing (a malformed chunk) before a response
     /// started: 400 DPE `http1.codec_error`, as Envoy.
     DownstreamProtocol,
+    /// An AuthorizationPolicy denied the request: 403 `RBAC: access denied`, no flag, the
+    /// details naming the policy (`rbac_access_denied_matched_policy[...]`), as Envoy.
+    AccessDenied { details: String },
     /// No response headers within the route (or per-try) timeout: 504 UT.
     Timeout,
     /// Connection pool limits reached: 503 UO.
@@ -131,6 +134,13 @@ impl Failure {
                 "upstream_reset_before_response_started{protocol_error}",
                 *retried,
             ),
+            Failure::AccessDenied { details } => Reply {
+                status: 403,
+                body: "RBAC: access denied",
+                flags: ResponseFlags::NONE,
+                details: details.clone().into(),
+                transport_failure: None,
+            },
             Failure::DownstreamProtocol => Reply {
                 status: 400,
                 body: "Bad Request",

@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::ListenerContext;
 use crate::access_log::{AccessLogRecord, ResponseFlags};
+use crate::routing::authz::Attributes;
 use crate::routing::snapshot::{Snapshot, TcpProxy};
 use crate::upstream::cluster::ConnectError;
 
@@ -80,6 +81,22 @@ where
     };
     let rt = ctx.shared.clusters.get(cluster);
     record.upstream_cluster = Some(rt.name.clone());
+    // AuthorizationPolicy, decided before dialing: a denied tunnel never reaches the upstream
+    // (Envoy dials first and denies on the first byte).
+    let filters = &snapshot.authz.tcp;
+    if !filters.is_empty() {
+        let attributes = Attributes {
+            principal: super::principal_of(session.peer_identity.as_deref()),
+            peer: session.remote.ip(),
+            local: session.local,
+            sni: session.server_name.as_deref(),
+            http: None,
+        };
+        if let Some(details) = filters.evaluate(&attributes, &*ctx.shared.rbac_stats(None)).details() {
+            record.connection_termination_details = Some(details.into());
+            return None;
+        }
+    }
     let endpoints = rt.endpoints().await;
     let Some(addr) = rt.pick(&endpoints, &[]) else {
         record.response_flags.insert(ResponseFlags::UH);

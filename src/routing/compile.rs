@@ -4,6 +4,7 @@
 //! §7), and reports as errors the combinations istiod silently drops. The `mesh` routes, which
 //! sidecars take and the gateway does not serve, are only checked (warnings).
 
+mod authz;
 mod clusters;
 mod listeners;
 mod mesh_routes;
@@ -54,6 +55,7 @@ pub fn compile(loaded: &Loaded, bootstrap: &Bootstrap) -> Result<Snapshot, Compi
     let clusters = clusters::build(&mut cx, &registry);
     let listeners = listeners::build(&mut cx, &resources, &registry);
     mesh_routes::check(&mut cx, &resources, &registry);
+    let authz = authz::build(&mut cx, &resources);
 
     let mut diagnostics = cx.diagnostics;
     diagnostics.sort_by(|a, b| (a.severity, &a.file, a.line).cmp(&(b.severity, &b.file, b.line)));
@@ -63,6 +65,7 @@ pub fn compile(loaded: &Loaded, bootstrap: &Bootstrap) -> Result<Snapshot, Compi
     Ok(Snapshot {
         listeners,
         clusters,
+        authz,
         diagnostics,
     })
 }
@@ -81,6 +84,10 @@ impl Cx<'_> {
 
     pub fn warn(&mut self, r: &Resource, field: &str, message: impl Into<String>) {
         self.diagnostics.push(r.diagnostic(Severity::Warning, field, message));
+    }
+
+    pub fn info(&mut self, r: &Resource, field: &str, message: impl Into<String>) {
+        self.diagnostics.push(r.diagnostic(Severity::Info, field, message));
     }
 
     /// A field that is parsed and shown but that the data plane does not act on yet.

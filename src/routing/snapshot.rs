@@ -18,6 +18,8 @@ use crate::config::Diagnostic;
 pub struct Snapshot {
     pub listeners: Vec<Listener>,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// The AuthorizationPolicies that select the gateway, as RBAC filters per kind of chain.
+    pub authz: crate::routing::authz::Authz,
     /// Warnings, skipped kinds and fields accepted but not enforced (never errors: a config
     /// with errors does not become a snapshot).
     pub diagnostics: Vec<Diagnostic>,

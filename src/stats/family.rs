@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use super::names::{cluster, http, labels, listener, server, tcp};
+use super::names::{cluster, http, labels, listener, rbac, server, tcp};
 use super::{Counter, Gauge, Kind, StatDesc, Store};
 
 /// `cluster.<name>.*`. Hold it behind an `Arc` on the hot path: cloning copies every handle.
@@ -154,6 +154,53 @@ impl ResponseCodeStats {
 /// `0` for 1xx .. `4` for 5xx; `None` for what Envoy calls unknown.
 fn status_class(status: u16) -> Option<usize> {
     matches!(status, 100..=599).then(|| usize::from(status / 100 - 1))
+}
+
+/// The RBAC filters' counters of one chain kind: `http.<prefix>.rbac.*` or `tcp.rbac.*`.
+pub struct RbacStats {
+    pub allowed: Counter,
+    pub denied: Counter,
+    /// Dry-run outcomes: `[allow prefix, deny prefix]` × `[shadow_allowed, shadow_denied]`.
+    pub shadow: [[Counter; 2]; 2],
+}
+
+impl RbacStats {
+    pub fn http(store: &Store, prefix: &str) -> RbacStats {
+        let c = |suffix: &str| store.counter_with(StatDesc::scoped(http::SCOPE, prefix, suffix));
+        let shadow = |dry: &str| [rbac::SHADOW_ALLOWED, rbac::SHADOW_DENIED].map(|s| c(&format!("rbac.{dry}.{s}")));
+        RbacStats {
+            allowed: c(rbac::HTTP_ALLOWED),
+            denied: c(rbac::HTTP_DENIED),
+            shadow: [shadow(rbac::DRY_RUN_ALLOW), shadow(rbac::DRY_RUN_DENY)],
+        }
+    }
+
+    pub fn tcp(store: &Store) -> RbacStats {
+        let c = |tag: &str, suffix: &str| store.counter_with(StatDesc::scoped(tcp::SCOPE, tag, suffix));
+        let shadow = |dry: &str| {
+            let tag = format!("{}.{dry}", rbac::TCP_TAG);
+            [rbac::SHADOW_ALLOWED, rbac::SHADOW_DENIED].map(|s| c(&tag, s))
+        };
+        RbacStats {
+            allowed: c(rbac::TCP_TAG, rbac::TCP_ALLOWED),
+            denied: c(rbac::TCP_TAG, rbac::TCP_DENIED),
+            shadow: [shadow(rbac::DRY_RUN_ALLOW), shadow(rbac::DRY_RUN_DENY)],
+        }
+    }
+}
+
+impl crate::routing::authz::Tally for RbacStats {
+    fn allowed(&self) {
+        self.allowed.inc();
+    }
+
+    fn denied(&self) {
+        self.denied.inc();
+    }
+
+    fn shadow(&self, deny_prefix: bool, allowed: bool) {
+        self.shadow[usize::from(deny_prefix)][usize::from(!allowed)].inc();
+    }
 }
 
 /// `http.<stat prefix>.*`: the HTTP connection manager and router stats of one listener.

@@ -211,3 +211,19 @@ pub mod sni {
     /// Counter (unscoped): connections counted under `other` because the cap was reached.
     pub const OVERFLOW: &str = "sni.overflow";
 }
+
+/// The RBAC filters' counters (AuthorizationPolicy, issue 17), as Envoy 1.40 names them:
+/// `http.<prefix>.rbac.allowed` on HTTP chains, `tcp.rbac.allowed` on TCP chains (the network
+/// filter's `stat_prefix: "tcp."` makes `rbac` the tcp scope's tag), and the dry-run shadow
+/// counters under Istio's prefixes, with the `.` Envoy puts after them.
+pub mod rbac {
+    pub const HTTP_ALLOWED: &str = "rbac.allowed";
+    pub const HTTP_DENIED: &str = "rbac.denied";
+    pub const TCP_TAG: &str = "rbac";
+    pub const TCP_ALLOWED: &str = "allowed";
+    pub const TCP_DENIED: &str = "denied";
+    pub const DRY_RUN_ALLOW: &str = "istio_dry_run_allow_";
+    pub const DRY_RUN_DENY: &str = "istio_dry_run_deny_";
+    pub const SHADOW_ALLOWED: &str = "shadow_allowed";
+    pub const SHADOW_DENIED: &str = "shadow_denied";
+}

@@ -11,6 +11,7 @@ pub mod certs;
 pub mod dns;
 pub mod egressd;
 pub mod h2frames;
+pub mod mesh;
 pub mod origin;
 pub mod raw;
 pub mod scripted;

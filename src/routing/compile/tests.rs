@@ -159,3 +159,237 @@ fn header_operations_on_framing_and_hop_by_hop_names_are_refused() {
         ]
     );
 }
+
+mod authz {
+    use std::net::SocketAddr;
+
+    use super::{compile, GATEWAY, SE};
+    use crate::routing::authz::{Attributes, Decision, Filters, HttpAttributes, Tally};
+
+    /// (allowed, denied, shadow outcomes as (deny prefix, allowed)).
+    type Counted = (u32, u32, Vec<(bool, bool)>);
+
+    /// Counts as the stats would, for checking Envoy's counting.
+    #[derive(Default)]
+    struct Counts(std::cell::RefCell<Counted>);
+
+    impl Tally for Counts {
+        fn allowed(&self) {
+            self.0.borrow_mut().0 += 1;
+        }
+        fn denied(&self) {
+            self.0.borrow_mut().1 += 1;
+        }
+        fn shadow(&self, deny_prefix: bool, allowed: bool) {
+            self.0.borrow_mut().2.push((deny_prefix, allowed));
+        }
+    }
+
+    fn policies(yaml: &str) -> crate::routing::authz::Authz {
+        compile(&format!("{GATEWAY}{SE}{yaml}"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .authz
+    }
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match compile(&format!("{GATEWAY}{SE}{yaml}")) {
+            Ok(_) => panic!("compiled"),
+            Err(e) => e
+                .errors()
+                .map(|d| {
+                    format!(
+                        "{}:{} {}",
+                        d.line.unwrap_or(0),
+                        d.field.clone().unwrap_or_default(),
+                        d.message
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    const SLEEP: &str = "cluster.local/ns/default/sa/sleep";
+    const OTHER: &str = "cluster.local/ns/other/sa/app";
+
+    fn http<'a>(principal: Option<&'a str>, authority: &'a str, headers: &'a http::HeaderMap) -> Attributes<'a> {
+        Attributes {
+            principal,
+            peer: "127.0.0.1".parse().unwrap(),
+            local: "127.0.0.1:8080".parse::<SocketAddr>().unwrap(),
+            sni: Some("edition.cnn.com"),
+            http: Some(HttpAttributes {
+                authority,
+                method: "GET",
+                path: "/politics",
+                headers,
+            }),
+        }
+    }
+
+    fn tcp<'a>(principal: Option<&'a str>, sni: &'static str) -> Attributes<'a> {
+        Attributes {
+            principal,
+            peer: "127.0.0.1".parse().unwrap(),
+            local: "127.0.0.1:8443".parse::<SocketAddr>().unwrap(),
+            sni: Some(sni),
+            http: None,
+        }
+    }
+
+    fn decide(f: &Filters, a: &Attributes<'_>) -> (Decision, Counted) {
+        let counts = Counts::default();
+        let d = f.evaluate(a, &counts);
+        (d, counts.0.into_inner())
+    }
+
+    const ALLOW_SLEEP: &str = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-sleep, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: egressgateway}}\n  action: ALLOW\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]\n    to: [{operation: {hosts: [edition.cnn.com]}}]\n  - from: [{source: {namespaces: [default]}}]\n    when: [{key: connection.sni, values: ['*.cnn.com']}]\n";
+    const DENY_OTHER: &str = "---\napiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: deny-other-ns, namespace: istio-system}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {notNamespaces: [default]}}]\n";
+
+    /// ALLOW: a matching rule lets the request on (counted once), a miss is denied with `[none]`;
+    /// the port is part of `hosts`' `:authority`; a DENY wins, named, and an allowed request is
+    /// counted by both filters, as Envoy counts it.
+    #[test]
+    fn allow_and_deny_decide_and_count_as_envoy() {
+        let headers = http::HeaderMap::new();
+        let authz = policies(ALLOW_SLEEP);
+        assert_eq!(
+            decide(&authz.http, &http(Some(SLEEP), "edition.cnn.com", &headers)),
+            (Decision::Allow, (1, 0, vec![]))
+        );
+        assert_eq!(
+            decide(&authz.http, &http(Some(OTHER), "edition.cnn.com", &headers)),
+            (Decision::Deny(None), (0, 1, vec![]))
+        );
+        assert_eq!(
+            decide(&authz.http, &http(Some(SLEEP), "edition.cnn.com:8080", &headers)).0,
+            Decision::Allow,
+            "rule 1 (namespace + SNI) still matches"
+        );
+        let denied = decide(&authz.http, &http(None, "edition.cnn.com", &headers)).0;
+        assert_eq!(denied.details().unwrap(), "rbac_access_denied_matched_policy[none]");
+
+        let authz = policies(&format!("{ALLOW_SLEEP}{DENY_OTHER}"));
+        assert_eq!(
+            decide(&authz.http, &http(Some(SLEEP), "edition.cnn.com", &headers)),
+            (Decision::Allow, (2, 0, vec![]))
+        );
+        let (d, counts) = decide(&authz.http, &http(Some(OTHER), "edition.cnn.com", &headers));
+        assert_eq!(
+            d.details().unwrap(),
+            "rbac_access_denied_matched_policy[ns[istio-system]-policy[deny-other-ns]-rule[0]]"
+        );
+        assert_eq!(counts, (0, 1, vec![]));
+    }
+
+    /// On a TCP chain an ALLOW rule with an HTTP-only field matches nothing; a DENY rule loses
+    /// the field and denies more (istiod's translation).
+    #[test]
+    fn http_only_fields_on_tcp_chains_follow_istiod() {
+        let authz = policies(ALLOW_SLEEP);
+        // Rule 0 (hosts) is gone on TCP; rule 1 (namespace + SNI) stays.
+        assert_eq!(
+            decide(&authz.tcp, &tcp(Some(SLEEP), "edition.cnn.com")).0,
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(&authz.tcp, &tcp(Some(SLEEP), "example.com")).0,
+            Decision::Deny(None)
+        );
+        let deny_host = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-cnn, namespace: istio-system}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {hosts: [edition.cnn.com], ports: ['8443']}}]\n";
+        let authz = policies(deny_host);
+        // HTTP: only the host with the port; TCP: every connection to port 8443.
+        let headers = http::HeaderMap::new();
+        assert_eq!(
+            decide(&authz.http, &http(None, "edition.cnn.com", &headers)).0,
+            Decision::Allow
+        );
+        assert!(matches!(
+            decide(&authz.tcp, &tcp(None, "example.com")).0,
+            Decision::Deny(Some(_))
+        ));
+        // An ALLOW policy left with no rule on TCP allows nothing there.
+        let only_http = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: paths, namespace: istio-system}\nspec:\n  rules:\n  - to: [{operation: {paths: ['/politics*']}}]\n";
+        let authz = policies(only_http);
+        assert_eq!(decide(&authz.http, &http(None, "x", &headers)).0, Decision::Allow);
+        assert_eq!(
+            decide(&authz.tcp, &tcp(Some(SLEEP), "edition.cnn.com")).0,
+            Decision::Deny(None)
+        );
+    }
+
+    /// `spec: {}` denies all; `rules: [{}]` allows all; dry-run only counts, with Envoy's shadow
+    /// prefixes; policies of other namespaces, other selectors and targetRefs do not apply.
+    #[test]
+    fn deny_all_allow_all_dry_run_and_selection() {
+        let headers = http::HeaderMap::new();
+        let a = http(Some(SLEEP), "edition.cnn.com", &headers);
+        let deny_all = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: istio-system}\nspec: {}\n";
+        assert_eq!(decide(&policies(deny_all).http, &a).0, Decision::Deny(None));
+        let allow_all = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-all, namespace: istio-system}\nspec:\n  rules: [{}]\n";
+        assert_eq!(
+            decide(&policies(&format!("{deny_all}{allow_all}")).http, &a).0,
+            Decision::Allow
+        );
+
+        let dry = DENY_OTHER.replace(
+            "metadata: {name: deny-other-ns, namespace: istio-system}",
+            "metadata: {name: deny-other-ns, namespace: istio-system, annotations: {istio.io/dry-run: 'true'}}",
+        );
+        let authz = policies(&dry);
+        let other = http(Some(OTHER), "edition.cnn.com", &headers);
+        // Not enforced: allowed, nothing counted but the shadow denial.
+        assert_eq!(
+            decide(&authz.http, &other),
+            (Decision::Allow, (0, 0, vec![(true, false)]))
+        );
+
+        let elsewhere = [
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: team-a}\nspec: {}\n",
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: istio-system}\nspec:\n  selector: {matchLabels: {app: other}}\n",
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: istio-system}\nspec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: egress}]\n",
+        ];
+        for yaml in elsewhere {
+            assert!(policies(yaml).is_empty(), "{yaml}");
+        }
+    }
+
+    /// What egressd cannot enforce in full is refused, with its line and field.
+    #[test]
+    fn unsupported_policies_are_errors() {
+        let head = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: istio-system}\nspec:\n";
+        let errs = errors(&format!(
+            "{head}  action: CUSTOM\n  provider: {{name: ext}}\n  rules: [{{}}]\n"
+        ));
+        assert!(errs[0].starts_with("22:spec.action CUSTOM"), "{errs:?}");
+        let errs = errors(&format!(
+            "{head}  rules:\n  - from: [{{source: {{requestPrincipals: ['*']}}}}]\n"
+        ));
+        assert!(
+            errs[0].starts_with("23:spec.rules[0].from[0].source.requestPrincipals request principals"),
+            "{errs:?}"
+        );
+        let errs = errors(&format!(
+            "{head}  rules:\n  - when: [{{key: 'request.auth.claims[iss]', values: [x]}}]\n"
+        ));
+        assert!(
+            errs[0].starts_with("23:spec.rules[0].when[0].key `request.auth.claims[iss]` (JWT)"),
+            "{errs:?}"
+        );
+        let errs = errors(&format!(
+            "{head}  rules:\n  - when: [{{key: source.nope, values: [x]}}]\n"
+        ));
+        assert!(errs[0].contains("unknown condition key `source.nope`"), "{errs:?}");
+        let errs = errors(&format!(
+            "{head}  rules:\n  - from: [{{source: {{ipBlocks: [10.0.0.0/40]}}}}]\n"
+        ));
+        assert!(
+            errs[0].contains("`10.0.0.0/40` is not an IP address or CIDR block"),
+            "{errs:?}"
+        );
+        let errs = errors(&format!("{head}  rules:\n  - to: [{{operation: {{hostz: [a]}}}}]\n"));
+        assert!(
+            errs[0].contains("spec.rules[0].to[0].operation.hostz unknown field in an AuthorizationPolicy"),
+            "{errs:?}"
+        );
+    }
+}
