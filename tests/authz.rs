@@ -246,3 +246,97 @@ fn custom_and_jwt_policies_are_refused_by_check() {
         "{err}"
     );
 }
+
+/// A reload that adds a DENY policy: new connections follow it at once, an established
+/// keep-alive connection keeps the config it started on (as every egressd connection keeps
+/// its snapshot). The JSON log names the policy and the caller.
+#[test]
+fn a_reload_adding_a_deny_applies_to_new_connections_only() {
+    let mesh = Mesh::new();
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), None);
+    istio_mutual_http_scenario(&mesh, &origin);
+    let other = mesh.ca.spiffe_cert(OTHER_SPIFFE_ID);
+    let egressd = mesh.start(LogFormat::Json);
+    let addr = egressd.gateway_addr(80);
+    let rt = runtime();
+    let mut established = rt.block_on(async {
+        let tls = mesh.connect(addr, Some(&other), &[b"http/1.1"]).await.unwrap();
+        let mut sender = http1_over(tls).await;
+        assert_eq!(get1(&mut sender, "/politics").await, StatusCode::MOVED_PERMANENTLY);
+        sender
+    });
+
+    write_policy(&mesh, "9-deny.yaml", &policy("deny-other-ns", DENY_OTHER_NS));
+    egressd.wait_for_stat("server.config_reload", 1, WAIT);
+
+    rt.block_on(async {
+        assert_eq!(
+            get1(&mut established, "/politics").await,
+            StatusCode::MOVED_PERMANENTLY,
+            "the established connection follows the config it started on"
+        );
+        let tls = mesh.connect(addr, Some(&other), &[b"http/1.1"]).await.unwrap();
+        let mut fresh = http1_over(tls).await;
+        assert_eq!(get1(&mut fresh, "/politics").await, StatusCode::FORBIDDEN);
+    });
+    let lines = egressd.wait_for_log_lines(3, WAIT);
+    let denied: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+    assert_eq!(denied["response_code"], 403, "{denied}");
+    assert_eq!(
+        denied["response_code_details"],
+        "rbac_access_denied_matched_policy[ns[istio-system]-policy[deny-other-ns]-rule[0]]"
+    );
+    assert_eq!(denied["downstream_peer_uri_san"], OTHER_SPIFFE_ID, "{denied}");
+}
+
+/// TLS passthrough: no certificate reaches the gateway, so only the SNI (and addresses) can
+/// decide; a DENY on `connection.sni` refuses the tunnel before it dials.
+#[test]
+fn passthrough_is_decided_by_sni() {
+    let mesh = Mesh::new();
+    let public_ca = TestCa::new("public-ca");
+    let origin_tls = certs::server_config(
+        &public_ca.server_cert(&["edition.cnn.com", "blocked.cnn.com"]),
+        &[b"http/1.1"],
+    );
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), Some(origin_tls));
+    let port = origin.addr().port();
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: egressgateway}}\n  servers:\n  - port: {{number: 443, name: tls, protocol: TLS}}\n    hosts: ['*.cnn.com']\n    tls: {{mode: PASSTHROUGH}}\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: cnn}}\nspec:\n  hosts: [edition.cnn.com, blocked.cnn.com]\n  ports: [{{number: 443, name: tls, protocol: TLS}}]\n  resolution: STATIC\n  endpoints: [{{address: 127.0.0.1, ports: {{tls: {port}}}}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: cnn}}\nspec:\n  hosts: [edition.cnn.com, blocked.cnn.com]\n  gateways: [gw]\n  tls:\n  - match: [{{port: 443, sniHosts: [edition.cnn.com]}}]\n    route: [{{destination: {{host: edition.cnn.com, port: {{number: 443}}}}}}]\n  - match: [{{port: 443, sniHosts: [blocked.cnn.com]}}]\n    route: [{{destination: {{host: blocked.cnn.com, port: {{number: 443}}}}}}]\n"
+    );
+    std::fs::write(mesh.config().join("1-passthrough.yaml"), yaml).unwrap();
+    write_policy(
+        &mesh,
+        "9-deny.yaml",
+        &policy(
+            "no-blocked",
+            "spec:\n  action: DENY\n  rules:\n  - when: [{key: connection.sni, values: [blocked.cnn.com]}]\n",
+        ),
+    );
+    let egressd = mesh.start(LogFormat::Text);
+    let addr = egressd.gateway_addr(443);
+    let fetch = |sni: &'static str| {
+        let public_ca = &public_ca;
+        runtime().block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let config = certs::client_config_alpn(public_ca, None, &[b"http/1.1"]);
+            let tls = TlsConnector::from(config)
+                .connect(ServerName::try_from(sni).unwrap(), tcp)
+                .await
+                .ok()?;
+            Some(get1(&mut http1_over(tls).await, "/politics").await)
+        })
+    };
+    assert_eq!(fetch("edition.cnn.com"), Some(StatusCode::MOVED_PERMANENTLY));
+    assert_eq!(fetch("blocked.cnn.com"), None);
+    assert_eq!(origin.connections(), 1, "the denied tunnel dialed the upstream");
+    let lines = egressd.wait_for_log_lines(2, WAIT);
+    assert!(
+        lines.iter().any(|l| l.contains(
+            "\"- - -\" 0 - - rbac_access_denied_matched_policy[ns[istio-system]-policy[no-blocked]-rule[0]] "
+        ) && l.contains(" blocked.cnn.com -")),
+        "{lines:#?}"
+    );
+    assert_eq!(egressd.stat("tcp.rbac.denied"), Some(1));
+    assert_eq!(egressd.stat("tcp.rbac.allowed"), Some(1));
+}
