@@ -1,6 +1,7 @@
 //! Command line: `egressd run | check | version`. Flags (and their `EGRESSD_*` environment
 //! variables, for containers) override the bootstrap file, which overrides the defaults.
 
+pub mod authz;
 pub mod check;
 
 use std::net::SocketAddr;
@@ -22,8 +23,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve the gateway (the default command).
     Run(RunArgs),
-    /// Load and compile the config; print what would be served, or every error (exit 1).
-    Check(ConfigArgs),
+    /// Load and compile the config; print what would be served, or every error (exit 1). With
+    /// `--explain`, the AuthorizationPolicy decision for one request or connection instead.
+    Check(CheckArgs),
     /// Print the version.
     Version,
 }
@@ -53,6 +55,37 @@ pub struct ConfigArgs {
     /// This proxy's role; only `gateway` exists today.
     #[arg(long, env = "EGRESSD_ROLE")]
     pub role: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Print the authorization decision for the request or connection the flags below describe
+    /// (exit 0 for ALLOW and DENY alike, 1 on bad input).
+    #[arg(long)]
+    pub explain: bool,
+    /// The caller's SPIFFE id, with or without `spiffe://` (none: no client certificate).
+    #[arg(long, requires = "explain")]
+    pub principal: Option<String>,
+    /// The TLS server name (SNI) of the connection.
+    #[arg(long, requires = "explain")]
+    pub sni: Option<String>,
+    /// The Gateway server port (e.g. 443), mapped to the listening port as the listeners are.
+    #[arg(long, requires = "explain")]
+    pub port: Option<u16>,
+    /// HTTP: the `:authority` (Host), as the client sends it.
+    #[arg(long, requires = "explain")]
+    pub host: Option<String>,
+    /// HTTP: the method (default GET).
+    #[arg(long, requires = "explain")]
+    pub method: Option<String>,
+    /// HTTP: the path (default `/`).
+    #[arg(long, requires = "explain")]
+    pub path: Option<String>,
+    /// The caller's address (default 127.0.0.1).
+    #[arg(long, requires = "explain")]
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Args)]

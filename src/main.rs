@@ -21,7 +21,8 @@ fn main() -> ExitCode {
             println!("egressd {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Check(args) => {
+        Command::Check(check_args) => {
+            let args = &check_args.config;
             let bootstrap = match args.bootstrap() {
                 Ok(b) => b,
                 Err(e) => {
@@ -31,6 +32,18 @@ fn main() -> ExitCode {
             };
             let loaded = config::load_paths(&args.config, &bootstrap.default_namespace);
             match routing::compile(&loaded, &bootstrap) {
+                Ok(snapshot) if check_args.explain => {
+                    match egressd::cli::authz::explain(&snapshot, &bootstrap, &check_args) {
+                        Ok(text) => {
+                            print!("{text}");
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
                 Ok(snapshot) => {
                     print!("{}", check::render(&snapshot));
                     ExitCode::SUCCESS

@@ -340,3 +340,72 @@ fn passthrough_is_decided_by_sni() {
     assert_eq!(egressd.stat("tcp.rbac.denied"), Some(1));
     assert_eq!(egressd.stat("tcp.rbac.allowed"), Some(1));
 }
+
+/// `egressd check` lists the policies per kind of server in plain words and warns of an ALLOW
+/// rule that can never match on TCP servers; `--explain` gives the decision and the deciding
+/// rule in Envoy's naming without traffic (exit 0 for ALLOW and DENY, 1 on bad input).
+#[test]
+fn check_lists_policies_and_explains_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/seed/https-mtls-enabled"
+    ))
+    .unwrap()
+    {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let hosts_rule = "  - to: [{operation: {hosts: [edition.cnn.com]}}]\n";
+    let allow = ALLOW_SLEEP.replace(
+        "    to: [{operation: {hosts: [edition.cnn.com, 'edition.cnn.com:*']}}]\n",
+        "    when: [{key: connection.sni, values: [edition.cnn.com]}]\n",
+    ) + hosts_rule;
+    std::fs::write(dir.path().join("9-allow.yaml"), policy("allow-sleep", &allow)).unwrap();
+    std::fs::write(dir.path().join("9-deny.yaml"), policy("deny-other-ns", DENY_OTHER_NS)).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_egressd"))
+            .args(["check", "--config"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            stdout(&out),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, listing, _) = run(&[]);
+    assert_eq!(code, Some(0), "{listing}");
+    assert!(
+        listing.contains("TCP servers (0.0.0.0_8443):\n  DENY ns[istio-system]-policy[deny-other-ns]-rule[0]: from namespace not in [default]\n  ALLOW ns[istio-system]-policy[allow-sleep]-rule[0]: from principal in [cluster.local/ns/default/sa/sleep], when sni in [edition.cnn.com]\n"),
+        "{listing}"
+    );
+    assert!(listing.contains("9-allow.yaml:"), "{listing}");
+    assert!(
+        listing.contains("spec.rules[2]: this ALLOW rule uses HTTP-only fields"),
+        "{listing}"
+    );
+
+    let explain =
+        |principal: &str, sni: &str| run(&["--explain", "--principal", principal, "--sni", sni, "--port", "443"]);
+    let (code, out, _) = explain("spiffe://cluster.local/ns/default/sa/sleep", "edition.cnn.com");
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("ALLOW by ns[istio-system]-policy[allow-sleep]-rule[0]"),
+        "{out}"
+    );
+    let (code, out, _) = explain("cluster.local/ns/other/sa/app", "edition.cnn.com");
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("DENY by ns[istio-system]-policy[deny-other-ns]-rule[0]: from namespace not in [default]"),
+        "{out}"
+    );
+    let (code, _, err) = explain("cluster.local/ns/default/sa/sleep", "other.example");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("no filter chain of 0.0.0.0_8443 serves SNI `other.example`"),
+        "{err}"
+    );
+}

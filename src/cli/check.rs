@@ -73,6 +73,7 @@ pub fn render(snapshot: &Snapshot) -> String {
     section(&mut out, "ROUTES", &routes);
     section(&mut out, "TLS FILTER CHAINS", &chains);
     section(&mut out, "CLUSTERS", &clusters);
+    out.push_str(&super::authz::render(snapshot));
     out.push_str(&render_diagnostics(&snapshot.diagnostics));
     out
 }

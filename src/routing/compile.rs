@@ -55,7 +55,14 @@ pub fn compile(loaded: &Loaded, bootstrap: &Bootstrap) -> Result<Snapshot, Compi
     let clusters = clusters::build(&mut cx, &registry);
     let listeners = listeners::build(&mut cx, &resources, &registry);
     mesh_routes::check(&mut cx, &resources, &registry);
-    let authz = authz::build(&mut cx, &resources);
+    let tcp_servers = listeners.iter().any(|l| match &l.kind {
+        super::snapshot::ListenerKind::Http(_) => false,
+        super::snapshot::ListenerKind::Tcp(_) => true,
+        super::snapshot::ListenerKind::Tls(chains) => chains
+            .iter()
+            .any(|c| !matches!(c.kind, super::snapshot::ChainKind::TerminateHttp { .. })),
+    });
+    let authz = authz::build(&mut cx, &resources, tcp_servers);
 
     let mut diagnostics = cx.diagnostics;
     diagnostics.sort_by(|a, b| (a.severity, &a.file, a.line).cmp(&(b.severity, &b.file, b.line)));

@@ -30,7 +30,9 @@ struct Compiled {
     policy: Policy,
 }
 
-pub fn build(cx: &mut Cx<'_>, resources: &[&Resource]) -> Authz {
+/// `tcp_servers`: the gateway has servers whose traffic is not HTTP (passthrough, tcp routes),
+/// where an ALLOW rule with HTTP-only fields never matches: each such rule gets a warning.
+pub fn build(cx: &mut Cx<'_>, resources: &[&Resource], tcp_servers: bool) -> Authz {
     let mut compiled = Vec::new();
     for (r, spec) in of_kind(resources, |s| match s {
         Spec::AuthorizationPolicy(p) => Some(p),
@@ -84,6 +86,13 @@ pub fn build(cx: &mut Cx<'_>, resources: &[&Resource]) -> Authz {
         for (i, rule) in rules.iter().enumerate() {
             let Some(rule) = rule else { continue };
             if let Some(policy) = rule_policy(cx, r, i, rule) {
+                if tcp_servers && action == Action::Allow && for_tcp(&policy, action).is_none() {
+                    cx.warn(
+                        r,
+                        &format!("spec.rules[{i}]"),
+                        "this ALLOW rule uses HTTP-only fields (hosts, methods, paths, request.headers), so on the gateway's TCP and passthrough servers it matches nothing (istiod drops it there); match them with connection.sni or ports",
+                    );
+                }
                 compiled.push(Compiled {
                     action,
                     dry_run,
