@@ -95,6 +95,7 @@ fn handle(state: &AppState, surface: Surface, req: Request<Incoming>) -> Respons
             Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", e),
         },
         (Surface::Admin, "/config_dump") => config_dump(state),
+        (Surface::Admin, "/authz/explain") => authz_explain(state, query),
         (Surface::Admin, "/server_info") => server_info(state),
         (Surface::Admin, "/listeners") => listeners(state),
         (Surface::Admin, "/clusters") => clusters(state),
@@ -115,7 +116,42 @@ fn handle(state: &AppState, surface: Surface, req: Request<Incoming>) -> Respons
     }
 }
 
-const INDEX: &str = "egressd admin\n  /ready\n  /stats[?filter=REGEX&usedonly&format=json|prometheus]\n  /stats/prometheus\n  /listeners\n  /clusters\n  /config_dump\n  /server_info\n  /drain_listeners?graceful (POST)\n  /quitquitquit (POST)\n";
+const INDEX: &str = "egressd admin\n  /ready\n  /stats[?filter=REGEX&usedonly&format=json|prometheus]\n  /stats/prometheus\n  /listeners\n  /clusters\n  /config_dump\n  /authz/explain?port=SERVER_PORT&sni=..&principal=..[&host=..&method=..&path=..&source_ip=..]\n  /server_info\n  /drain_listeners?graceful (POST)\n  /quitquitquit (POST)\n";
+
+/// `egressd check --explain` for the running config: the AuthorizationPolicy decision for a
+/// request or connection described by the query (400 on bad input).
+fn authz_explain(state: &AppState, query: &str) -> Response<Full<Bytes>> {
+    let port = match param(query, "port").map(|p| p.parse::<u16>()) {
+        Some(Ok(p)) => Some(p),
+        Some(Err(_)) => return reply(StatusCode::BAD_REQUEST, "text/plain", "port must be a number\n".into()),
+        None => None,
+    };
+    let source_ip = match param(query, "source_ip").map(|ip| ip.parse()) {
+        Some(Ok(ip)) => Some(ip),
+        Some(Err(_)) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "source_ip must be an address\n".into(),
+            )
+        }
+        None => None,
+    };
+    let q = crate::cli::authz::ExplainQuery {
+        principal: param(query, "principal"),
+        sni: param(query, "sni"),
+        port,
+        host: param(query, "host"),
+        method: param(query, "method"),
+        path: param(query, "path"),
+        source_ip,
+    };
+    let snapshot = state.snapshot.load();
+    match crate::cli::authz::explain(&snapshot, &state.bootstrap, &q) {
+        Ok(text) => reply(StatusCode::OK, "text/plain", text),
+        Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    }
+}
 
 fn ready(state: &AppState) -> Response<Full<Bytes>> {
     if *state.shutdown.borrow() || state.drain.is_draining() {

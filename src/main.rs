@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             let loaded = config::load_paths(&args.config, &bootstrap.default_namespace);
             match routing::compile(&loaded, &bootstrap) {
                 Ok(snapshot) if check_args.explain => {
-                    match egressd::cli::authz::explain(&snapshot, &bootstrap, &check_args) {
+                    match egressd::cli::authz::explain(&snapshot, &bootstrap, &(&check_args).into()) {
                         Ok(text) => {
                             print!("{text}");
                             ExitCode::SUCCESS

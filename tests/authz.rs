@@ -339,6 +339,22 @@ fn passthrough_is_decided_by_sni() {
     );
     assert_eq!(egressd.stat("tcp.rbac.denied"), Some(1));
     assert_eq!(egressd.stat("tcp.rbac.allowed"), Some(1));
+    // The running config explains itself (the admin API's `check --explain`).
+    let explain =
+        |query: &str| support::tools::http_get(egressd.admin_addr(), &format!("/authz/explain?{query}")).unwrap();
+    let denied = explain("port=443&sni=blocked.cnn.com");
+    assert_eq!(denied.status, 200);
+    assert!(
+        denied
+            .text()
+            .contains("DENY by ns[istio-system]-policy[no-blocked]-rule[0]: when sni in [blocked.cnn.com]"),
+        "{}",
+        denied.text()
+    );
+    assert!(explain("port=443&sni=edition.cnn.com")
+        .text()
+        .contains("ALLOW: no DENY policy matched"));
+    assert_eq!(explain("port=x").status, 400);
 }
 
 /// `egressd check` lists the policies per kind of server in plain words and warns of an ALLOW

@@ -160,8 +160,35 @@ impl Tally for NoTally {
     fn shadow(&self, _: bool, _: bool) {}
 }
 
+/// A request or connection to explain: `check --explain`'s flags, the admin API's parameters.
+#[derive(Debug, Clone, Default)]
+pub struct ExplainQuery {
+    pub principal: Option<String>,
+    pub sni: Option<String>,
+    /// The Gateway server port.
+    pub port: Option<u16>,
+    pub host: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub source_ip: Option<IpAddr>,
+}
+
+impl From<&CheckArgs> for ExplainQuery {
+    fn from(a: &CheckArgs) -> Self {
+        ExplainQuery {
+            principal: a.principal.clone(),
+            sni: a.sni.clone(),
+            port: a.port,
+            host: a.host.clone(),
+            method: a.method.clone(),
+            path: a.path.clone(),
+            source_ip: a.source_ip,
+        }
+    }
+}
+
 /// The decision for the request or connection `args` describes, as text.
-pub fn explain(snapshot: &Snapshot, bootstrap: &Bootstrap, args: &CheckArgs) -> Result<String, String> {
+pub fn explain(snapshot: &Snapshot, bootstrap: &Bootstrap, args: &ExplainQuery) -> Result<String, String> {
     let server_port = args
         .port
         .ok_or("--explain needs --port (the Gateway server port, e.g. 443)")?;
