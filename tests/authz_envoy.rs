@@ -172,8 +172,8 @@ impl Seen {
 }
 
 /// Each caller makes one HTTP request (curl, h2 in mTLS to server 80) and one tunnel (its own
-/// TLS in mTLS to server 443, then `GET /politics`).
-fn observe(world: &World, gw: &Gateway<'_>) -> Seen {
+/// TLS in mTLS to server 443, then `GET /politics`), which it ends as `close` says.
+fn observe(world: &World, gw: &Gateway<'_>, close: Close) -> Seen {
     let mut calls = Vec::new();
     for (name, leaf) in world.callers() {
         let (status, body, port) = curl_as(world, leaf, name, gw.http);
@@ -182,7 +182,7 @@ fn observe(world: &World, gw: &Gateway<'_>) -> Seen {
             "http {name}: {status} {body:?} | log: {}",
             f[RESPONSE_CODE..=CONNECTION_TERMINATION_DETAILS].join(" ")
         ));
-        let (answer, port) = runtime().block_on(tunnel(world, leaf, gw.tcp));
+        let (answer, port) = runtime().block_on(tunnel(world, leaf, gw.tcp, close));
         let f = log_fields(gw, port);
         calls.push(format!(
             "tcp {name}: {answer} | log: {}",
@@ -227,11 +227,20 @@ fn curl_as(world: &World, leaf: &Leaf, name: &str, addr: SocketAddr) -> (String,
     (status.to_string(), body_text, port.parse().unwrap())
 }
 
+/// How a caller ends a tunnel once it has the whole answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// TLS close_notify, then FIN, as a well-behaved client does.
+    Notify,
+    /// FIN without close_notify (the peer went away, or a client that skips it).
+    BareFin,
+}
+
 /// A tunnel as `leaf`: mesh mTLS to `addr` (SNI edition.cnn.com), the app's own TLS to the
 /// origin inside, `GET /politics` with `connection: close`, read to the end; then the outer
-/// connection is closed as a client does (close_notify, FIN). Returns the status (`-` when the
-/// gateway cut the tunnel) and the tunnel's local port.
-async fn tunnel(world: &World, leaf: &Leaf, addr: SocketAddr) -> (String, u16) {
+/// connection is closed as `close` says. Returns the status (`-` when the gateway cut the
+/// tunnel) and the tunnel's local port.
+async fn tunnel(world: &World, leaf: &Leaf, addr: SocketAddr, close: Close) -> (String, u16) {
     let name = ServerName::try_from("edition.cnn.com").unwrap();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let port = tcp.local_addr().unwrap().port();
@@ -253,7 +262,10 @@ async fn tunnel(world: &World, leaf: &Leaf, addr: SocketAddr) -> (String, u16) {
         .unwrap()
         .unwrap();
     let (mut outer, _) = inner.into_inner();
-    outer.shutdown().await.unwrap();
+    match close {
+        Close::Notify => outer.shutdown().await.unwrap(),
+        Close::BareFin => outer.get_mut().0.shutdown().await.unwrap(),
+    }
     let _ = tokio::time::timeout(WAIT, outer.get_mut().0.read_to_end(&mut Vec::new()))
         .await
         .unwrap();
@@ -311,7 +323,7 @@ fn rbac_stats(stats: &str) -> BTreeMap<String, u64> {
 
 /// Runs the case through Envoy (the fixtures' filters in the order given: AUDIT, DENY, ALLOW)
 /// and through egressd; returns what each showed.
-fn run(case: &[&str]) -> (Seen, Seen) {
+fn run(case: &[&str], close: Close) -> (Seen, Seen) {
     let fixtures: Vec<Fixture> = case.iter().map(|name| Fixture::load(name)).collect();
     let world = World::new();
 
@@ -326,6 +338,7 @@ fn run(case: &[&str]) -> (Seen, Seen) {
             access_log: &access_log,
             stats: &stats,
         },
+        close,
     );
     drop(envoy);
 
@@ -341,14 +354,16 @@ fn run(case: &[&str]) -> (Seen, Seen) {
             access_log: &access_log,
             stats: &stats,
         },
+        close,
     );
     (through_envoy, through_egressd)
 }
 
 /// Envoy shows `expected` (the calls, then the counters that moved); egressd shows the same.
-/// Counters at 0 are left out.
+/// Counters at 0 are left out: which ones exist differs (see
+/// `rbac_counters_registered_as_envoy_registers_them`).
 fn compare(case: &[&str], expected: &[String]) {
-    let (envoy, egressd) = run(case);
+    let (envoy, egressd) = run(case, Close::Notify);
     assert_eq!(envoy.summary(), expected.join("\n"), "Envoy, case {case:?}");
     assert_eq!(egressd.summary(), envoy.summary(), "egressd vs Envoy, case {case:?}");
 }
@@ -376,8 +391,7 @@ fn counters(moved: &[(&str, u64)]) -> Vec<String> {
 
 /// ALLOW `sleep` by principal and host (HTTP) or SNI (TCP); the other namespace's caller
 /// matches no ALLOW policy.
-#[test]
-fn allow_sleep_by_principal_host_and_sni() {
+fn allow_sleep_expected() -> Vec<String> {
     let mut expected = vec![
         http_allowed("sleep"),
         tcp_allowed("sleep"),
@@ -390,7 +404,12 @@ fn allow_sleep_by_principal_host_and_sni() {
         ("tcp.rbac.allowed", 1),
         ("tcp.rbac.denied", 1),
     ]));
-    compare(&["allow-sleep"], &expected);
+    expected
+}
+
+#[test]
+fn allow_sleep_by_principal_host_and_sni() {
+    compare(&["allow-sleep"], &allow_sleep_expected());
 }
 
 /// A DENY filter before the ALLOW filter: the denial names the DENY rule, and an allowed
@@ -484,4 +503,52 @@ fn audit_counts_allowed() {
     ];
     expected.extend(counters(&[("http.*.rbac.allowed", 2), ("tcp.rbac.allowed", 2)]));
     compare(&["audit-all"], &expected);
+}
+
+/// MISMATCH (egressd's tcp proxy, `forward` in src/proxy/tcp.rs, not its RBAC): a caller ends
+/// an allowed tunnel with a bare FIN (no close_notify on the mesh mTLS) once it has the whole
+/// answer. Envoy logs CONNECTION_TERMINATION_DETAILS `-` (as it does, observed, after a RST or
+/// a drop mid-answer); egressd logs `connection_reset`, which it writes whenever the copy loop
+/// ends with an error (here rustls's EOF without close_notify; a RST too). Flags are `-` on
+/// both. Asserts Envoy's behaviour for both.
+#[test]
+#[ignore = "mismatch: egressd logs connection_reset for a tunnel closed without close_notify, Envoy logs -"]
+fn tunnel_closed_without_close_notify_has_no_termination_details() {
+    let (envoy, egressd) = run(&["allow-sleep"], Close::BareFin);
+    let expected = allow_sleep_expected().join("\n");
+    assert_eq!(envoy.summary(), expected, "Envoy");
+    assert_eq!(egressd.summary(), envoy.summary(), "egressd vs Envoy");
+}
+
+/// MISMATCH: which rbac counters exist. Envoy registers, per RBAC filter, `allowed`, `denied`
+/// and the shadow counters under that filter's own `shadow_rules_stat_prefix` only: with ALLOW
+/// policies alone no `istio_dry_run_deny_.*`, with a dry-run DENY policy alone no
+/// `istio_dry_run_allow_.*`. egressd registers both shadow families (at 0) on every chain with
+/// a filter. The counts themselves agree (the cases above). Asserts Envoy's set for both.
+#[test]
+#[ignore = "mismatch: egressd registers both istio_dry_run_*_ shadow counter families, Envoy only its filters' prefixes"]
+fn rbac_counters_registered_as_envoy_registers_them() {
+    for (case, prefix) in [
+        ("allow-sleep", "istio_dry_run_allow_"),
+        ("dry-run-deny-other-ns", "istio_dry_run_deny_"),
+    ] {
+        let (envoy, egressd) = run(&[case], Close::Notify);
+        let mut expected: Vec<String> = ["http.*.rbac", "tcp.rbac"]
+            .iter()
+            .flat_map(|chain| {
+                let shadow = |outcome| format!("{prefix}.shadow_{outcome}");
+                [
+                    "allowed".to_string(),
+                    "denied".to_string(),
+                    shadow("allowed"),
+                    shadow("denied"),
+                ]
+                .map(|name| format!("{chain}.{name}"))
+            })
+            .collect();
+        expected.sort();
+        let names = |seen: &Seen| seen.stats.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&envoy), expected, "Envoy, case {case}");
+        assert_eq!(names(&egressd), names(&envoy), "egressd vs Envoy, case {case}");
+    }
 }
