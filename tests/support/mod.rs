@@ -10,6 +10,7 @@
 pub mod certs;
 pub mod dns;
 pub mod egressd;
+pub mod envoy;
 pub mod h2frames;
 pub mod mesh;
 pub mod origin;
