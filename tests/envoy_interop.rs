@@ -41,21 +41,21 @@ impl Sidecar {
     /// Renders `tests/fixtures/envoy/sidecar.yaml` with the gateway's addresses and the
     /// workload's identity in `sleep/`, and starts Envoy on it.
     async fn start(mesh: &Mesh, gateway_http: SocketAddr, gateway_tcp: SocketAddr) -> Sidecar {
-        let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let (http, tcp) = (local(free_port()), local(free_port()));
         let path = |p: PathBuf| p.display().to_string();
         let sleep = mesh.dir.path().join("sleep");
-        let vars = [
-            ("HTTP_PORT", http.port().to_string()),
-            ("TCP_PORT", tcp.port().to_string()),
-            ("GATEWAY_HTTP_PORT", gateway_http.port().to_string()),
-            ("GATEWAY_TCP_PORT", gateway_tcp.port().to_string()),
-            ("CERT_CHAIN", path(sleep.join("cert-chain.pem"))),
-            ("KEY", path(sleep.join("key.pem"))),
-            ("ROOT_CERT", path(mesh.certs().join("root-cert.pem"))),
-            ("GATEWAY_SAN", GATEWAY_SPIFFE_ID.to_string()),
-        ];
-        let envoy = Envoy::start("sidecar.yaml", &vars, &[http, tcp]).await;
+        let vars = |http: SocketAddr, tcp: SocketAddr| {
+            vec![
+                ("HTTP_PORT", http.port().to_string()),
+                ("TCP_PORT", tcp.port().to_string()),
+                ("GATEWAY_HTTP_PORT", gateway_http.port().to_string()),
+                ("GATEWAY_TCP_PORT", gateway_tcp.port().to_string()),
+                ("CERT_CHAIN", path(sleep.join("cert-chain.pem"))),
+                ("KEY", path(sleep.join("key.pem"))),
+                ("ROOT_CERT", path(mesh.certs().join("root-cert.pem"))),
+                ("GATEWAY_SAN", GATEWAY_SPIFFE_ID.to_string()),
+            ]
+        };
+        let (envoy, http, tcp) = Envoy::start_on_free_ports("sidecar.yaml", vars).await;
         Sidecar { envoy, http, tcp }
     }
 

@@ -316,6 +316,29 @@ class Egressd(Proxy):
         ]
 
 
+def write_authz_policies(config_dir, n):
+    """N AuthorizationPolicies for the gateway: N-1 DENY rules that the benchmark's traffic does not
+    match (another namespace's callers, other hosts, a blocked address), and one ALLOW by host and
+    path that lets it on, so every request runs the DENY filter and the ALLOW filter in full."""
+    docs = []
+    for i in range(n - 1):
+        docs.append(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+            f"metadata: {{name: deny-{i}, namespace: istio-system}}\n"
+            "spec:\n  action: DENY\n  rules:\n"
+            f"  - from: [{{source: {{namespaces: [team-{i}]}}}}]\n"
+            f"  - to: [{{operation: {{hosts: [blocked-{i}.example.com, '*.blocked-{i}.example.com']}}}}]\n"
+            f"  - from: [{{source: {{ipBlocks: [192.0.2.{i % 250}/32]}}}}]\n")
+    docs.append(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: allow-cnn, namespace: istio-system}\n"
+        "spec:\n  action: ALLOW\n  rules:\n"
+        f"  - to: [{{operation: {{hosts: [{HOST}, '{HOST}:*'], paths: ['/*']}}}}]\n"
+        f"    when: [{{key: connection.sni, notValues: [blocked.example.com]}}]\n"
+        f"  - when: [{{key: connection.sni, values: [{HOST}]}}]\n")
+    (config_dir / "authz.yaml").write_text("---\n".join(docs))
+
+
 class Origin:
     """nginx from Debian, one process pinned (by inheritance) to CPU 1."""
 
@@ -966,6 +989,10 @@ def main():
     ap.add_argument("--duration", type=int, help="seconds per measured run")
     ap.add_argument("--warmup", type=int, help="seconds of warm-up load before each measured run")
     ap.add_argument("--only", help="comma-separated scenario names")
+    ap.add_argument("--authz-policies", type=int, default=0, metavar="N",
+                    help="give egressd's HTTP/TLS gateway N AuthorizationPolicies that let the benchmark's "
+                         "traffic through (N-1 DENY rules that match nothing, one ALLOW by host): the cost "
+                         "of authorization, issue 17")
     ap.add_argument("--perf", action="store_true",
                     help="profile egressd with `perf record` during each measured run (perf-*.data/.txt in the run dir)")
     ap.add_argument("--report", type=Path, metavar="RUN_DIR",
@@ -1022,6 +1049,7 @@ def main():
         "nginx": version(["nginx", "-v"]).replace("nginx version: ", ""),
         "wrk": version(["wrk", "-v"]).split(" [")[0],
         "curl": " ".join(version(["curl", "--version"]).split()[:2]),
+        "authz_policies": args.authz_policies,
     }
     log(f"run dir: {run_dir}")
     log(f"machine: {meta['machine']}; fd limit {nofile}")
@@ -1035,6 +1063,8 @@ def main():
         env["main"]["envoy"] = Envoy(run_dir, args.envoy, "envoy", "envoy.yaml", origin_values)
         env["main"]["egressd"] = Egressd(run_dir, args.egressd, "egressd", "egressd-istio.yaml",
                                          origin_values, "80={http},443={tls}")
+        if args.authz_policies > 0:
+            write_authz_policies(env["main"]["egressd"].config_dir, args.authz_policies)
         for p in env["main"].values():
             p.start()
             p.stop()  # a first start of each: fail early, and a time-to-ready sample

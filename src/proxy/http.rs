@@ -225,7 +225,11 @@ fn authorize(
             headers: &parts.headers,
         }),
     };
-    let stats = conn.rbac.get_or_init(|| conn.shared.rbac_stats(Some(&hcm.stat_prefix)));
+    let stats = conn.rbac.get_or_init(|| {
+        let stats = conn.shared.rbac_stats(Some(&hcm.stat_prefix));
+        stats.register_for(filters);
+        stats
+    });
     let details = filters.evaluate(&attributes, &**stats).details()?;
     Some(Failure::AccessDenied { details })
 }

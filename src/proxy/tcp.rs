@@ -92,7 +92,9 @@ where
             sni: session.server_name.as_deref(),
             http: None,
         };
-        if let Some(details) = filters.evaluate(&attributes, &*ctx.shared.rbac_stats(None)).details() {
+        let stats = ctx.shared.rbac_stats(None);
+        stats.register_for(filters);
+        if let Some(details) = filters.evaluate(&attributes, &*stats).details() {
             record.connection_termination_details = Some(details.into());
             return None;
         }
@@ -133,7 +135,6 @@ where
         let progress = crate::io::splice::Progress::default();
         if let Err(e) = crate::io::splice::bidirectional(tcp, upstream.tcp(), &progress).await {
             tracing::debug!(error = %e, cluster = %rt.name, "tcp proxy ended with an error");
-            record.connection_termination_details = Some("connection_reset".into());
         }
         let to_upstream = progress.a_to_b.load(std::sync::atomic::Ordering::Relaxed);
         let to_downstream = progress.b_to_a.load(std::sync::atomic::Ordering::Relaxed);
@@ -146,9 +147,9 @@ where
         written: 0,
     };
     if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-        // A reset on either side ends both; what was copied until then still counts.
+        // A reset on either side ends both; what was copied until then still counts. Envoy's
+        // tcp_proxy logs no termination details for a reset or a close without close_notify.
         tracing::debug!(error = %e, cluster = %rt.name, "tcp proxy ended with an error");
-        record.connection_termination_details = Some("connection_reset".into());
     }
     Some((replayed + downstream.read, downstream.written))
 }

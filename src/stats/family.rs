@@ -156,36 +156,76 @@ fn status_class(status: u16) -> Option<usize> {
     matches!(status, 100..=599).then(|| usize::from(status / 100 - 1))
 }
 
-/// The RBAC filters' counters of one chain kind: `http.<prefix>.rbac.*` or `tcp.rbac.*`.
+/// The RBAC filters' counters of one chain kind: `http.<prefix>.rbac.*` or `tcp.rbac.*`. As in
+/// Envoy, the dry-run counters exist only under the prefixes of the filters present
+/// ([`RbacStats::register_for`]).
 pub struct RbacStats {
     pub allowed: Counter,
     pub denied: Counter,
-    /// Dry-run outcomes: `[allow prefix, deny prefix]` × `[shadow_allowed, shadow_denied]`.
-    pub shadow: [[Counter; 2]; 2],
+    /// Dry-run outcomes, `[allow prefix, deny prefix]`, each `[shadow_allowed, shadow_denied]`.
+    shadow: [OnceLock<[Counter; 2]>; 2],
+    store: Store,
+    /// `Some(prefix)`: an HTTP connection manager's; `None`: TCP chains'.
+    http_prefix: Option<String>,
 }
 
 impl RbacStats {
     pub fn http(store: &Store, prefix: &str) -> RbacStats {
         let c = |suffix: &str| store.counter_with(StatDesc::scoped(http::SCOPE, prefix, suffix));
-        let shadow = |dry: &str| [rbac::SHADOW_ALLOWED, rbac::SHADOW_DENIED].map(|s| c(&format!("rbac.{dry}.{s}")));
         RbacStats {
             allowed: c(rbac::HTTP_ALLOWED),
             denied: c(rbac::HTTP_DENIED),
-            shadow: [shadow(rbac::DRY_RUN_ALLOW), shadow(rbac::DRY_RUN_DENY)],
+            shadow: Default::default(),
+            store: store.clone(),
+            http_prefix: Some(prefix.to_string()),
         }
     }
 
     pub fn tcp(store: &Store) -> RbacStats {
-        let c = |tag: &str, suffix: &str| store.counter_with(StatDesc::scoped(tcp::SCOPE, tag, suffix));
-        let shadow = |dry: &str| {
-            let tag = format!("{}.{dry}", rbac::TCP_TAG);
-            [rbac::SHADOW_ALLOWED, rbac::SHADOW_DENIED].map(|s| c(&tag, s))
-        };
+        let c = |suffix: &str| store.counter_with(StatDesc::scoped(tcp::SCOPE, rbac::TCP_TAG, suffix));
         RbacStats {
-            allowed: c(rbac::TCP_TAG, rbac::TCP_ALLOWED),
-            denied: c(rbac::TCP_TAG, rbac::TCP_DENIED),
-            shadow: [shadow(rbac::DRY_RUN_ALLOW), shadow(rbac::DRY_RUN_DENY)],
+            allowed: c(rbac::TCP_ALLOWED),
+            denied: c(rbac::TCP_DENIED),
+            shadow: Default::default(),
+            store: store.clone(),
+            http_prefix: None,
         }
+    }
+
+    /// Registers (at 0) the dry-run counters of the filters present: each RBAC filter's
+    /// `shadow_rules_stat_prefix` is `istio_dry_run_deny_` for a DENY filter with dry-run
+    /// policies and `istio_dry_run_allow_` for every other filter, as istiod sets it.
+    pub fn register_for(&self, filters: &crate::routing::authz::Filters) {
+        let deny_dry_run = filters.deny.as_ref().is_some_and(|f| f.shadow.is_some());
+        let allow_family =
+            filters.allow.is_some() || filters.audit.is_some() || (filters.deny.is_some() && !deny_dry_run);
+        if allow_family {
+            self.family(false);
+        }
+        if deny_dry_run {
+            self.family(true);
+        }
+    }
+
+    fn family(&self, deny_prefix: bool) -> &[Counter; 2] {
+        self.shadow[usize::from(deny_prefix)].get_or_init(|| {
+            let dry = if deny_prefix {
+                rbac::DRY_RUN_DENY
+            } else {
+                rbac::DRY_RUN_ALLOW
+            };
+            [rbac::SHADOW_ALLOWED, rbac::SHADOW_DENIED].map(|suffix| match &self.http_prefix {
+                Some(prefix) => {
+                    self.store
+                        .counter_with(StatDesc::scoped(http::SCOPE, prefix, &format!("rbac.{dry}.{suffix}")))
+                }
+                None => self.store.counter_with(StatDesc::scoped(
+                    tcp::SCOPE,
+                    &format!("{}.{dry}", rbac::TCP_TAG),
+                    suffix,
+                )),
+            })
+        })
     }
 }
 
@@ -199,7 +239,7 @@ impl crate::routing::authz::Tally for RbacStats {
     }
 
     fn shadow(&self, deny_prefix: bool, allowed: bool) {
-        self.shadow[usize::from(deny_prefix)][usize::from(!allowed)].inc();
+        self.family(deny_prefix)[usize::from(!allowed)].inc();
     }
 }
 

@@ -54,6 +54,34 @@ impl Envoy {
     /// `ADMIN_PORT` and `ACCESS_LOG`), starts Envoy on it and waits until `/ready` answers 200 and
     /// `/listeners` shows every address of `listeners`.
     pub async fn start(fixture: &str, vars: &[(&str, String)], listeners: &[SocketAddr]) -> Envoy {
+        match Envoy::try_start(fixture, vars, listeners).await {
+            Ok(envoy) => envoy,
+            Err(log) => panic!("envoy could not bind its ports:\n{log}"),
+        }
+    }
+
+    /// [`Envoy::start`] with two listener ports (HTTP, TCP) picked free, and picked again when
+    /// another test took one first (free ports are found by binding port 0 and releasing it).
+    /// `vars` gets the two addresses.
+    pub async fn start_on_free_ports<F>(fixture: &str, vars: F) -> (Envoy, SocketAddr, SocketAddr)
+    where
+        F: Fn(SocketAddr, SocketAddr) -> Vec<(&'static str, String)>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let local = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let (http, tcp) = (local(free_port()), local(free_port()));
+            match Envoy::try_start(fixture, &vars(http, tcp), &[http, tcp]).await {
+                Ok(envoy) => return (envoy, http, tcp),
+                Err(log) if attempt < 4 => eprintln!("envoy lost a port race, retrying:\n{log}"),
+                Err(log) => panic!("envoy could not bind its ports after {attempt} attempts:\n{log}"),
+            }
+        }
+    }
+
+    /// `Err` with Envoy's log when it exited because a port was taken; panics on other failures.
+    async fn try_start(fixture: &str, vars: &[(&str, String)], listeners: &[SocketAddr]) -> Result<Envoy, String> {
         let binary = envoy_binary();
         let dir = tempfile::Builder::new().prefix("envoy-test-").tempdir().unwrap();
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
@@ -85,7 +113,11 @@ impl Envoy {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Ok(Some(status)) = envoy.child.try_wait() {
-                panic!("envoy exited with {status}:\n{}", envoy.log());
+                let log = envoy.log();
+                if log.contains("Address already in use") {
+                    return Err(log);
+                }
+                panic!("envoy exited with {status}:\n{log}");
             }
             // Not by connecting to the listeners: a tcp_proxy would open a connection upstream.
             // `/ready` is 200 once the static listeners are bound and serving.
@@ -94,7 +126,7 @@ impl Envoy {
                 && matches!(http_get(admin, "/listeners"), Ok(r)
                     if listeners.iter().all(|l| r.text().contains(&l.to_string())));
             if bound {
-                return envoy;
+                return Ok(envoy);
             }
             assert!(
                 Instant::now() < deadline,
