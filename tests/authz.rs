@@ -215,6 +215,11 @@ fn tls_in_mtls_denies_before_dialing() {
     });
     assert!(matches!(denied, Ok(Ok(0)) | Ok(Err(_))), "{denied:?}");
     assert_eq!(egressd.stat("tcp.rbac.denied"), Some(1));
+    // The real openssl as `sleep`: the mTLS handshake completes, then the gateway closes.
+    let out = s_client(&mesh, &egressd, 443, true, &[]);
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert!(!out.contains("HTTP/1.1"), "{out}");
+    egressd.wait_for_stat("tcp.rbac.denied", 2, WAIT);
 }
 
 /// Unsupported policies are refused: `check` names file, line and field, and exits 1.

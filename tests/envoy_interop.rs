@@ -295,3 +295,46 @@ async fn envoy_sidecar_originates_istio_mutual_for_tcp() {
         "never istio-peer-exchange"
     );
 }
+
+/// Issue 17 with Envoy as the caller's sidecar: the gateway's AuthorizationPolicy allows only
+/// `sleep` to a host it does not ask for and denies `sleep` by namespace, so the app behind the
+/// sidecar gets the gateway's `403 RBAC: access denied` through Envoy, and egressd's log names
+/// the deciding rule and the caller the sidecar's certificate proves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_sidecar_is_held_by_the_gateways_authorization_policy() {
+    let dns = TestDns::start().await;
+    let ip = Ipv4Addr::new(127, 0, 0, 162);
+    dns.set_a("edition.cnn.com", &[ip], 30);
+    let origin = Origin::start(SocketAddr::new(ip.into(), 80), None);
+    let mesh = Mesh::new();
+    mesh.seed("http-mtls-enabled", &[]);
+    std::fs::write(
+        mesh.dir.path().join("config").join("9-deny.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-default-to-cnn, namespace: istio-system}\nspec:\n  action: DENY\n  rules:\n  - from: [{source: {namespaces: [default]}}]\n    to: [{operation: {hosts: [edition.cnn.com, 'edition.cnn.com:*']}}]\n",
+    )
+    .unwrap();
+    let egressd = mesh.start_egressd(&dns, 80).await;
+    let envoy = mesh.start_sidecar(egressd.gateway_addr(80), unused_addr()).await;
+
+    let connect_to = format!("edition.cnn.com:80:127.0.0.1:{}", envoy.http.port());
+    let out = curl_async(&[
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        "--max-time",
+        "10",
+        "--connect-to",
+        &connect_to,
+        "http://edition.cnn.com/politics",
+    ])
+    .await;
+    assert_eq!(stdout(&out), "RBAC: access denied\n403", "curl: {}", stderr(&out));
+    assert!(origin.requests().is_empty(), "the denied request reached the origin");
+    let log = json_lines(&egressd, 1).await;
+    assert_eq!(log[0]["response_code"], 403, "{}", log[0]);
+    assert_eq!(
+        log[0]["response_code_details"],
+        "rbac_access_denied_matched_policy[ns[istio-system]-policy[no-default-to-cnn]-rule[0]]"
+    );
+    assert_eq!(log[0]["downstream_peer_uri_san"], SLEEP_SPIFFE_ID, "{}", log[0]);
+}
