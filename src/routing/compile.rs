@@ -62,7 +62,23 @@ pub fn compile(loaded: &Loaded, bootstrap: &Bootstrap) -> Result<Snapshot, Compi
             .iter()
             .any(|c| !matches!(c.kind, super::snapshot::ChainKind::TerminateHttp { .. })),
     });
-    let authz = authz::build(&mut cx, &resources, tcp_servers);
+    let passthrough = listeners.iter().any(|l| match &l.kind {
+        super::snapshot::ListenerKind::Tls(chains) => chains.iter().any(|c| {
+            matches!(
+                c.kind,
+                super::snapshot::ChainKind::Passthrough(_) | super::snapshot::ChainKind::AutoPassthrough
+            )
+        }),
+        _ => false,
+    });
+    let authz = authz::build(
+        &mut cx,
+        &resources,
+        authz::Servers {
+            tcp: tcp_servers,
+            passthrough,
+        },
+    );
 
     let mut diagnostics = cx.diagnostics;
     diagnostics.sort_by(|a, b| (a.severity, &a.file, a.line).cmp(&(b.severity, &b.file, b.line)));

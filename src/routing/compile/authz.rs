@@ -30,9 +30,17 @@ struct Compiled {
     policy: Policy,
 }
 
-/// `tcp_servers`: the gateway has servers whose traffic is not HTTP (passthrough, tcp routes),
-/// where an ALLOW rule with HTTP-only fields never matches: each such rule gets a warning.
-pub fn build(cx: &mut Cx<'_>, resources: &[&Resource], tcp_servers: bool) -> Authz {
+/// What kinds of server the gateway has, for the warnings about rules that can never match.
+pub struct Servers {
+    /// Servers whose traffic is not HTTP (passthrough, tcp routes): an ALLOW rule with HTTP-only
+    /// fields matches nothing there.
+    pub tcp: bool,
+    /// Passthrough servers: no client certificate reaches the gateway, so no principal.
+    pub passthrough: bool,
+}
+
+pub fn build(cx: &mut Cx<'_>, resources: &[&Resource], servers: Servers) -> Authz {
+    let registered = registered_hosts(resources);
     let mut compiled = Vec::new();
     for (r, spec) in of_kind(resources, |s| match s {
         Spec::AuthorizationPolicy(p) => Some(p),
@@ -86,7 +94,8 @@ pub fn build(cx: &mut Cx<'_>, resources: &[&Resource], tcp_servers: bool) -> Aut
         for (i, rule) in rules.iter().enumerate() {
             let Some(rule) = rule else { continue };
             if let Some(policy) = rule_policy(cx, r, i, rule) {
-                if tcp_servers && action == Action::Allow && for_tcp(&policy, action).is_none() {
+                warn_never_matching(cx, r, i, &policy, action, &servers, &registered);
+                if servers.tcp && action == Action::Allow && for_tcp(&policy, action).is_none() {
                     cx.warn(
                         r,
                         &format!("spec.rules[{i}]"),
@@ -104,6 +113,71 @@ pub fn build(cx: &mut Cx<'_>, resources: &[&Resource], tcp_servers: bool) -> Aut
     Authz {
         http: filters(&compiled, false),
         tcp: filters(&compiled, true),
+    }
+}
+
+/// The hosts ServiceEntries register (lower case; `*.x` wildcards kept).
+fn registered_hosts(resources: &[&Resource]) -> Vec<String> {
+    of_kind(resources, |s| match s {
+        Spec::ServiceEntry(se) => Some(se),
+        _ => None,
+    })
+    .into_iter()
+    .flat_map(|(_, se)| se.hosts.iter().map(|h| h.to_ascii_lowercase()))
+    .collect()
+}
+
+/// Warnings for rules that can never match what they name: principals where connections carry
+/// none (passthrough servers), hosts no ServiceEntry serves (the gateway answers those 404 or
+/// 503 whatever the policy says).
+fn warn_never_matching(
+    cx: &mut Cx<'_>,
+    r: &Resource,
+    i: usize,
+    policy: &Policy,
+    action: Action,
+    servers: &Servers,
+    registered: &[String],
+) {
+    let needs_principal = |conds: &Vec<Cond>| {
+        conds
+            .iter()
+            .any(|c| !c.negate && matches!(c.attr, Attr::Principal | Attr::Namespace))
+    };
+    if servers.passthrough
+        && action == Action::Allow
+        && !policy.sources.is_empty()
+        && policy.sources.iter().all(needs_principal)
+    {
+        cx.warn(
+            r,
+            &format!("spec.rules[{i}].from"),
+            "this ALLOW rule needs a caller's principal, which TLS passthrough connections never carry (the gateway does not terminate them): on the passthrough servers it matches nothing",
+        );
+    }
+    let served = |host: &str| {
+        let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
+        registered.iter().any(|h| match h.strip_prefix("*.") {
+            Some(suffix) => host.ends_with(&format!(".{suffix}")),
+            None => *h == host,
+        })
+    };
+    for (j, operation) in policy.operations.iter().enumerate() {
+        for c in operation.iter().filter(|c| c.attr == Attr::Host && !c.negate) {
+            let Values::Strings(set) = &c.values else { continue };
+            let mut unserved: Vec<&String> = set.exact.iter().filter(|h| !served(h)).collect();
+            unserved.sort();
+            if !unserved.is_empty() {
+                cx.warn(
+                    r,
+                    &format!("spec.rules[{i}].to[{j}].operation.hosts"),
+                    format!(
+                        "no ServiceEntry serves {}: the gateway routes no request there, whatever this rule says",
+                        unserved.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>().join(", ")
+                    ),
+                );
+            }
+        }
     }
 }
 

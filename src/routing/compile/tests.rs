@@ -295,6 +295,12 @@ mod authz {
             decide(&authz.tcp, &tcp(Some(SLEEP), "example.com")).0,
             Decision::Deny(None)
         );
+        // A passthrough connection carries no principal: a principal rule never matches it
+        // (Envoy's `authenticated` matcher fails without a peer certificate).
+        assert_eq!(
+            decide(&authz.tcp, &tcp(None, "edition.cnn.com")).0,
+            Decision::Deny(None)
+        );
         let deny_host = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-cnn, namespace: istio-system}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {hosts: [edition.cnn.com], ports: ['8443']}}]\n";
         let authz = policies(deny_host);
         // HTTP: only the host with the port; TCP: every connection to port 8443.
@@ -390,6 +396,45 @@ mod authz {
         assert!(
             errs[0].contains("spec.rules[0].to[0].operation.hostz unknown field in an AuthorizationPolicy"),
             "{errs:?}"
+        );
+    }
+
+    /// `check` flags rules that can never match: principals on passthrough servers, hosts that
+    /// no ServiceEntry serves.
+    #[test]
+    fn rules_that_can_never_match_are_warned_about() {
+        let passthrough = GATEWAY.replace(
+            "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n",
+            "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n  - port: {number: 443, name: tls, protocol: TLS}\n    hosts: ['*']\n    tls: {mode: PASSTHROUGH}\n",
+        );
+        let vs = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: cnn, namespace: istio-system}\nspec:\n  hosts: [edition.cnn.com]\n  gateways: [gw]\n  tls:\n  - match: [{port: 443, sniHosts: [edition.cnn.com]}]\n    route: [{destination: {host: edition.cnn.com, port: {number: 443}}}]\n";
+        let se = SE.replace(
+            "ports: [{number: 80, name: http, protocol: HTTP}]",
+            "ports: [{number: 80, name: http, protocol: HTTP}, {number: 443, name: tls, protocol: TLS}]",
+        );
+        let policy = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: istio-system}\nspec:\n  rules:\n  - from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]\n  - to: [{operation: {hosts: [edition.cnn.com, 'edition.cnn.com:*', typo.cnn.com]}}]\n";
+        let snapshot = compile(&format!("{passthrough}{se}{vs}{policy}")).unwrap();
+        let warnings: Vec<String> = snapshot
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == crate::config::Severity::Warning)
+            .map(|d| format!("{} {}", d.field.clone().unwrap_or_default(), d.message))
+            .collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("spec.rules[0].from this ALLOW rule needs a caller's principal")),
+            "{warnings:#?}"
+        );
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("spec.rules[1].to[0].operation.hosts no ServiceEntry serves `typo.cnn.com`:")),
+            "{warnings:#?}"
+        );
+        assert!(
+            !warnings.iter().any(|w| w.contains("`edition.cnn.com")),
+            "{warnings:#?}"
         );
     }
 }
