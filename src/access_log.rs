@@ -81,6 +81,10 @@ pub struct AccessLogRecord {
     /// headers when it has no body). Printed, when present, by [`Format::Json`] (an egressd
     /// extension: Istio's formats have no such key).
     pub grpc_status: Option<u16>,
+    /// What AuthorizationPolicies in dry-run would have done (`rbac_access_denied_matched_policy[...]`
+    /// when they would have denied). Printed, when present, by [`Format::Json`] (an egressd
+    /// extension; Envoy keeps it in dynamic metadata that Istio's formats do not print).
+    pub rbac_dry_run: Option<Box<str>>,
 }
 
 impl AccessLogRecord {
@@ -114,6 +118,7 @@ impl AccessLogRecord {
             route_name: None,
             downstream_peer_uri_san: None,
             grpc_status: None,
+            rbac_dry_run: None,
         }
     }
 }

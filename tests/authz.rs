@@ -130,12 +130,19 @@ fn http_in_mtls_allows_one_principal_and_denies_another() {
     );
     write_policy(&mesh, "9-deny.yaml", &dry);
     write_policy(&mesh, "9-allow.yaml", "");
-    let egressd = mesh.start(LogFormat::Text);
+    let egressd = mesh.start(LogFormat::Json);
     assert_eq!(
         curl_as(&mesh, &egressd, &other, "other").0,
         "301",
         "a dry-run policy denies nothing"
     );
+    // The JSON log says what the dry-run policy would have done.
+    let line: serde_json::Value = serde_json::from_str(&egressd.wait_for_log_lines(1, WAIT)[0]).unwrap();
+    assert_eq!(
+        line["rbac_dry_run"], "rbac_access_denied_matched_policy[ns[istio-system]-policy[deny-other-ns]-rule[0]]",
+        "{line}"
+    );
+    assert_eq!(line["response_code"], 301, "{line}");
     assert_eq!(rbac_stat(&egressd, "rbac.istio_dry_run_deny_.shadow_denied"), 1);
     assert_eq!(rbac_stat(&egressd, "rbac.denied"), 0);
     let prometheus = support::tools::http_get(egressd.prometheus_addr(), "/stats/prometheus")

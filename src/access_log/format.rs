@@ -214,6 +214,10 @@ fn write_json(r: &AccessLogRecord, out: &mut Vec<u8>) {
         json_key(out, "downstream_peer_uri_san");
         json_str(out, Some(san));
     }
+    if let Some(dry_run) = r.rbac_dry_run.as_deref() {
+        json_key(out, "rbac_dry_run");
+        json_str(out, Some(dry_run));
+    }
     if let Some(status) = r.grpc_status {
         json_key(out, "grpc_status");
         let _ = std::io::Write::write_fmt(out, format_args!("{status}"));

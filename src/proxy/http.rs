@@ -117,7 +117,7 @@ where
     if let Some(weighted) = weighted {
         log.record.upstream_cluster = Some(weighted.cluster.as_str().into());
     }
-    if let Some(denied) = authorize(&conn, hcm, &parts, &authority) {
+    if let Some(denied) = authorize(&conn, hcm, &parts, &authority, &mut log.record) {
         return Ok(local(log, &denied, &conn.stats));
     }
     let Some(route) = route else {
@@ -208,6 +208,7 @@ fn authorize(
     hcm: &HttpConnectionManager,
     parts: &http::request::Parts,
     authority: &str,
+    record: &mut crate::access_log::AccessLogRecord,
 ) -> Option<Failure> {
     let filters = &conn.snapshot.authz.http;
     if filters.is_empty() {
@@ -230,6 +231,9 @@ fn authorize(
         stats.register_for(filters);
         stats
     });
+    if filters.has_dry_run() {
+        record.rbac_dry_run = filters.dry_run(&attributes).map(Into::into);
+    }
     let details = filters.evaluate(&attributes, &**stats).details()?;
     Some(Failure::AccessDenied { details })
 }

@@ -94,6 +94,9 @@ where
         };
         let stats = ctx.shared.rbac_stats(None);
         stats.register_for(filters);
+        if filters.has_dry_run() {
+            record.rbac_dry_run = filters.dry_run(&attributes).map(Into::into);
+        }
         if let Some(details) = filters.evaluate(&attributes, &*stats).details() {
             record.connection_termination_details = Some(details.into());
             return None;

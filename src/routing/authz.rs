@@ -385,6 +385,28 @@ impl Decision {
 }
 
 impl Filters {
+    /// What the dry-run policies would have decided, had they been enforced (`None`: they would
+    /// have let the request on, or there are none): the denial's details, for the log.
+    pub fn dry_run(&self, a: &Attributes<'_>) -> Option<String> {
+        fn shadow(f: &Option<Filter>) -> Option<&Vec<Policy>> {
+            f.as_ref().and_then(|f| f.shadow.as_ref())
+        }
+        if let Some(p) = shadow(&self.deny).and_then(|policies| first_match(policies, a)) {
+            return Decision::Deny(Some(p.name.clone())).details();
+        }
+        let allow_shadow = shadow(&self.allow)?;
+        let enforced = self.allow.as_ref().and_then(|f| f.enforced.as_deref()).unwrap_or(&[]);
+        let allowed = first_match(allow_shadow, a).is_some() || first_match(enforced, a).is_some();
+        (!allowed).then(|| Decision::Deny(None).details()).flatten()
+    }
+
+    /// Whether any filter has dry-run policies.
+    pub fn has_dry_run(&self) -> bool {
+        [&self.audit, &self.deny, &self.allow]
+            .iter()
+            .any(|f| f.as_ref().is_some_and(|f| f.shadow.is_some()))
+    }
+
     /// Runs the filters in order, counting as Envoy does: each filter with enforced rules
     /// counts one `allowed` when it lets the request on (so an allowed request counts twice
     /// with a DENY and an ALLOW filter) or one `denied` when it stops it; shadow rules count
