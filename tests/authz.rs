@@ -166,16 +166,7 @@ fn tls_in_mtls_denies_before_dialing() {
     let public_ca = TestCa::new("public-ca");
     let origin_tls = certs::server_config(&public_ca.server_cert(&["edition.cnn.com"]), &[b"http/1.1"]);
     let origin = Origin::start("127.0.0.1:0".parse().unwrap(), Some(origin_tls));
-    mesh.service_entry(1, origin.addr().port());
-    let files = format!(
-        "      mode: MUTUAL\n      serverCertificate: {0}/cert-chain.pem\n      privateKey: {0}/key.pem\n      caCertificates: {0}/root-cert.pem\n",
-        mesh.certs().display()
-    );
-    mesh.seed(
-        "https-mtls-enabled",
-        "2-gateway-destination-rule-virtual-service.yaml",
-        &[(&files, "      mode: ISTIO_MUTUAL\n")],
-    );
+    istio_mutual_tls_scenario(&mesh, &origin);
     write_policy(&mesh, "9-allow.yaml", &policy("allow-sleep", ALLOW_SLEEP));
     let other = mesh.ca.spiffe_cert(OTHER_SPIFFE_ID);
     let egressd = mesh.start(LogFormat::Text);

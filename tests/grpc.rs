@@ -19,37 +19,7 @@ use support::tools::{free_port, run_with_timeout, stderr, stdout};
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/grpc/peer.py");
 
 fn istio_yaml(ip: Ipv4Addr, port: u16) -> String {
-    format!(
-        "\
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw}}
-spec:
-  selector: {{istio: egressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ['*']
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: grpc}}
-spec:
-  hosts: [grpc.example.com]
-  ports: [{{number: 80, name: grpc, protocol: GRPC}}]
-  resolution: STATIC
-  endpoints: [{{address: {ip}, ports: {{grpc: {port}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: grpc}}
-spec:
-  hosts: [grpc.example.com]
-  gateways: [gw]
-  http:
-  - name: grpc-route
-    route: [{{destination: {{host: grpc.example.com, port: {{number: 80}}}}}}]
-"
-    )
+    support::istio::gateway_to_static_host("grpc.example.com", "GRPC", ip, port)
 }
 
 /// Stops the Python server (only it, by its id) when the test ends, however it ends.

@@ -26,36 +26,7 @@ fn istio_yaml(origin_port: u16) -> String {
 
 /// A Gateway on 80 for every host, and `host` routed to `ip:port`.
 fn istio_yaml_for(host: &str, ip: Ipv4Addr, port: u16) -> String {
-    format!(
-        "\
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw}}
-spec:
-  selector: {{istio: egressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ['*']
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: strict}}
-spec:
-  hosts: [{host}]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: {ip}, ports: {{http: {port}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: strict}}
-spec:
-  hosts: [{host}]
-  gateways: [gw]
-  http:
-  - route: [{{destination: {{host: {host}, port: {{number: 80}}}}}}]
-"
-    )
+    support::istio::gateway_to_static_host(host, "HTTP", ip, port)
 }
 
 /// Answers the origin gives by path: framing errors Envoy answers with 502 `UPE`.

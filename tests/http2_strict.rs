@@ -35,36 +35,7 @@ const ORIGIN_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 200);
 
 /// A Gateway on 80 for every host, and `HOST` routed to `ip:port`.
 fn istio_yaml(ip: Ipv4Addr, port: u16) -> String {
-    format!(
-        "\
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: gw}}
-spec:
-  selector: {{istio: egressgateway}}
-  servers:
-  - port: {{number: 80, name: http, protocol: HTTP}}
-    hosts: ['*']
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: h2strict}}
-spec:
-  hosts: [{HOST}]
-  ports: [{{number: 80, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: {ip}, ports: {{http: {port}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: h2strict}}
-spec:
-  hosts: [{HOST}]
-  gateways: [gw]
-  http:
-  - route: [{{destination: {{host: {HOST}, port: {{number: 80}}}}}}]
-"
-    )
+    support::istio::gateway_to_static_host(HOST, "HTTP", ip, port)
 }
 
 struct Gateway {

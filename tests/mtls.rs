@@ -146,17 +146,7 @@ fn tls_server_forwards_the_inner_tls_with_istio_alpn() {
     let public_ca = TestCa::new("public-ca");
     let origin_tls = certs::server_config(&public_ca.server_cert(&["edition.cnn.com"]), &[b"http/1.1"]);
     let origin = Origin::start("127.0.0.1:0".parse().unwrap(), Some(origin_tls));
-    mesh.service_entry(1, origin.addr().port());
-    let files = format!(
-        "      mode: MUTUAL\n      serverCertificate: {0}/cert-chain.pem\n      privateKey: {0}/key.pem\n      caCertificates: {0}/root-cert.pem\n",
-        mesh.certs().display()
-    );
-    // ISTIO_MUTUAL: the identity comes from the bootstrap's certs dir.
-    mesh.seed(
-        "https-mtls-enabled",
-        "2-gateway-destination-rule-virtual-service.yaml",
-        &[(&files, "      mode: ISTIO_MUTUAL\n")],
-    );
+    istio_mutual_tls_scenario(&mesh, &origin);
     let egressd = mesh.start(LogFormat::Json);
     let addr = egressd.gateway_addr(443);
 

@@ -138,16 +138,35 @@ pub fn http_scenario(mesh: &Mesh, origin: &Origin, extra_tls: &str) {
 /// instead of the seed's MUTUAL files.
 pub fn istio_mutual_http_scenario(mesh: &Mesh, origin: &Origin) {
     mesh.service_entry(origin.addr().port(), 1);
-    let files = format!(
-        "      mode: MUTUAL\n      serverCertificate: {0}/cert-chain.pem\n      privateKey: {0}/key.pem\n      caCertificates: {0}/root-cert.pem\n",
-        mesh.certs().display()
-    );
+    let files = mutual_files(mesh);
     mesh.seed(
         "http-mtls-enabled",
         "2-gateway-destination-rule.yaml",
         &[(&files, "      mode: ISTIO_MUTUAL\n")],
     );
     mesh.seed("http-mtls-enabled", "3-virtual-service.yaml", &[]);
+}
+
+/// The seed's MUTUAL `tls` fields (the `/etc/certs` files), which the ISTIO_MUTUAL scenarios
+/// replace.
+fn mutual_files(mesh: &Mesh) -> String {
+    format!(
+        "      mode: MUTUAL\n      serverCertificate: {0}/cert-chain.pem\n      privateKey: {0}/key.pem\n      caCertificates: {0}/root-cert.pem\n",
+        mesh.certs().display()
+    )
+}
+
+/// The seed's "HTTPS with mutual TLS enabled" scenario (a TLS server on 443 terminating the
+/// mesh mTLS, a `tcp` route to `edition.cnn.com:443` at `origin`) with the gateway's mesh
+/// identity (`mode: ISTIO_MUTUAL`: the `--certs` files) instead of the seed's MUTUAL files.
+pub fn istio_mutual_tls_scenario(mesh: &Mesh, origin: &Origin) {
+    mesh.service_entry(1, origin.addr().port());
+    let files = mutual_files(mesh);
+    mesh.seed(
+        "https-mtls-enabled",
+        "2-gateway-destination-rule-virtual-service.yaml",
+        &[(&files, "      mode: ISTIO_MUTUAL\n")],
+    );
 }
 
 /// The real `openssl s_client` to the gateway's `server_port` with SNI `edition.cnn.com`, trusting the

@@ -12,6 +12,7 @@ pub mod dns;
 pub mod egressd;
 pub mod envoy;
 pub mod h2frames;
+pub mod istio;
 pub mod mesh;
 pub mod origin;
 pub mod raw;
