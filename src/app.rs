@@ -172,6 +172,17 @@ async fn serve(
     }
     tracing::info!(admin = %state.bootstrap.admin, "egressd {} ready", env!("CARGO_PKG_VERSION"));
 
+    // SIGUSR1 reopens the access log file, as Envoy does (logrotate's postrotate).
+    let mut sigusr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("cannot watch SIGUSR1")?;
+    let reopen = logger.clone();
+    tokio::spawn(async move {
+        while sigusr1.recv().await.is_some() {
+            let logger = reopen.clone();
+            // The reopen waits for the writer thread: off the control plane's runtime.
+            let _ = tokio::task::spawn_blocking(move || logger.reopen()).await;
+        }
+    });
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let graceful = tokio::select! {

@@ -364,3 +364,46 @@ async fn probes_answer_while_a_large_config_compiles() {
 
 /// ServiceEntries in `probes_answer_while_a_large_config_compiles`.
 const BIG_CONFIG_HOSTS: usize = 8_000;
+
+/// logrotate's way with egressd, as with Envoy: the access log file is moved away, SIGUSR1 makes
+/// egressd open the path again; lines logged before go to the moved file, lines after to the new
+/// one, and nothing is lost.
+#[test]
+fn sigusr1_reopens_the_access_log_after_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config).unwrap();
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, config.join(path.file_name().unwrap())).unwrap();
+    }
+    let mut e = Egressd::start(EgressdOptions::new(&config));
+    let log = e.access_log_path().to_path_buf();
+    let get = |e: &Egressd| {
+        let mut s = std::net::TcpStream::connect(e.gateway_addr(80)).unwrap();
+        std::io::Write::write_all(
+            &mut s,
+            b"GET /nowhere HTTP/1.1\r\nhost: unrouted.example\r\nconnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut reply = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut reply);
+        assert!(reply.starts_with("HTTP/1.1 404"), "{reply}");
+    };
+    get(&e);
+    e.wait_for_log_lines(1, Duration::from_secs(5));
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    e.sigusr1();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log.exists() {
+        assert!(Instant::now() < deadline, "no new access log file after SIGUSR1");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    get(&e);
+    let new_lines = e.wait_for_log_lines(1, Duration::from_secs(5));
+    assert_eq!(new_lines.len(), 1, "{new_lines:?}");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert_eq!(old.lines().count(), 1, "{old}");
+    assert!(e.stderr().contains("access log reopened"), "{}", e.stderr());
+}

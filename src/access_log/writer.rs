@@ -30,7 +30,8 @@ const WRITE_BUFFER: usize = 64 * 1024;
 pub enum LogTarget {
     /// The process's standard output (`/dev/stdout`, as Istio configures it).
     Stdout,
-    /// A file opened for append (created if missing); never reopened.
+    /// A file opened for append (created if missing); reopened by path on
+    /// [`AccessLogger::reopen`] (SIGUSR1), so logrotate can move it away.
     File(PathBuf),
     /// No access log: `log` discards records without queueing them.
     Off,
@@ -43,6 +44,8 @@ enum Command {
     Record(AccessLogRecord),
     /// Write and flush everything queued before this, then acknowledge.
     Flush(SyncSender<()>),
+    /// Flush, then open the file's path again (after logrotate moved it), then acknowledge.
+    Reopen(SyncSender<()>),
 }
 
 #[derive(Default)]
@@ -67,25 +70,31 @@ impl AccessLogger {
     /// wait for the writer (at least 1). Fails only if the file cannot be opened or the thread
     /// cannot be spawned.
     pub fn new(target: LogTarget, format: Format, capacity: usize) -> io::Result<Self> {
-        let out: Box<dyn Write + Send> = match target {
+        let (out, path): (Box<dyn Write + Send>, _) = match target {
             LogTarget::Off => return Ok(Self::off()),
             // A private handle on fd 1: `io::Stdout` is line-buffered and would cost one write(2)
             // per line; our own BufWriter batches instead.
-            LogTarget::Stdout => Box::new(File::from(io::stdout().as_fd().try_clone_to_owned()?)),
-            LogTarget::File(path) => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| io::Error::new(e.kind(), format!("access log {}: {e}", path.display())))?,
-            ),
+            LogTarget::Stdout => (Box::new(File::from(io::stdout().as_fd().try_clone_to_owned()?)), None),
+            LogTarget::File(path) => (Box::new(open_append(&path)?), Some(path)),
         };
-        Self::spawn(out, format, capacity)
+        Self::spawn(out, format, capacity, path)
+    }
+
+    /// Writes everything queued, then opens the file's path again: Envoy's answer to SIGUSR1,
+    /// for logrotate. A failed open keeps the old file (and says so once). No-op for stdout and
+    /// `off`.
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.tx {
+            let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+            if tx.send(Command::Reopen(ack_tx)).is_ok() {
+                let _ = ack_rx.recv();
+            }
+        }
     }
 
     /// Writes to any sink, e.g. an in-memory buffer in tests.
     pub fn to_writer<W: Write + Send + 'static>(writer: W, format: Format, capacity: usize) -> io::Result<Self> {
-        Self::spawn(Box::new(writer), format, capacity)
+        Self::spawn(Box::new(writer), format, capacity, None)
     }
 
     /// A logger that discards everything (`LogTarget::Off`).
@@ -97,7 +106,7 @@ impl AccessLogger {
         }
     }
 
-    fn spawn(out: Box<dyn Write + Send>, format: Format, capacity: usize) -> io::Result<Self> {
+    fn spawn(out: Box<dyn Write + Send>, format: Format, capacity: usize, path: Option<PathBuf>) -> io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
         let counters = Arc::new(Counters::default());
         let writer = Writer {
@@ -107,6 +116,7 @@ impl AccessLogger {
             line: Vec::with_capacity(1024),
             last_flush: Instant::now(),
             failing: false,
+            path,
         };
         let thread = std::thread::Builder::new()
             .name("access-log".into())
@@ -197,6 +207,16 @@ struct Writer {
     last_flush: Instant,
     /// Set after a write error so a broken disk produces one warning, not one per line.
     failing: bool,
+    /// The file's path, for reopening it.
+    path: Option<PathBuf>,
+}
+
+fn open_append(path: &std::path::Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("access log {}: {e}", path.display())))
 }
 
 impl Writer {
@@ -233,6 +253,20 @@ impl Writer {
                 Command::Flush(ack) => {
                     self.flush();
                     unflushed = false;
+                    let _ = ack.send(());
+                }
+                Command::Reopen(ack) => {
+                    self.flush();
+                    unflushed = false;
+                    if let Some(path) = &self.path {
+                        match open_append(path) {
+                            Ok(file) => {
+                                self.out = BufWriter::with_capacity(WRITE_BUFFER, Box::new(file));
+                                tracing::info!(path = %path.display(), "access log reopened");
+                            }
+                            Err(error) => tracing::warn!(%error, "access log not reopened; writing to the old file"),
+                        }
+                    }
                     let _ = ack.send(());
                 }
             }
@@ -391,6 +425,26 @@ mod tests {
         assert_eq!(content, expected);
         let last = String::from_utf8(line(Format::Json, &failed)).expect("UTF-8");
         assert!(last.contains(r#""response_flags":"URX,UF""#));
+    }
+
+    /// logrotate moves the file away, then SIGUSR1 (`reopen`): lines written before go to the
+    /// moved file, lines after to a new file at the path.
+    #[test]
+    fn reopen_starts_a_new_file_at_the_path() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("access.log");
+        let logger = AccessLogger::new(LogTarget::File(path.clone()), Format::Json, 8).expect("open");
+        logger.log(record(1));
+        logger.flush();
+        let rotated = dir.path().join("access.log.1");
+        std::fs::rename(&path, &rotated).expect("rotate");
+        logger.log(record(2));
+        logger.reopen();
+        logger.log(record(3));
+        drop(logger);
+        let before = [line(Format::Json, &record(1)), line(Format::Json, &record(2))].concat();
+        assert_eq!(std::fs::read(&rotated).expect("rotated"), before);
+        assert_eq!(std::fs::read(&path).expect("new file"), line(Format::Json, &record(3)));
     }
 
     #[test]

@@ -310,6 +310,13 @@ impl Egressd {
         }
     }
 
+    /// Sends SIGUSR1 (reopen the access log file), while it runs.
+    pub fn sigusr1(&mut self) {
+        if self.child.is_some() && self.try_wait().is_none() {
+            signal(self.pid, libc::SIGUSR1);
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -528,10 +535,14 @@ pub fn parse_stat(stats: &str, name: &str) -> Option<u64> {
 }
 
 fn signal_term(pid: u32) {
+    signal(pid, libc::SIGTERM);
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
     // SAFETY: kill(2) takes plain integers and touches no memory of ours; the pid is our own
     // unreaped child's.
     unsafe {
-        libc::kill(pid, libc::SIGTERM);
+        libc::kill(pid, signal);
     }
 }
