@@ -5,7 +5,7 @@ pub mod authz;
 pub mod check;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -116,9 +116,40 @@ pub struct RunArgs {
     pub concurrency: Option<usize>,
 }
 
+/// Where a kubeconfig or an in-cluster service account would be, for `--config k8s`.
+const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// `--config k8s` names the Kubernetes API, not a directory (unless a `k8s` directory exists).
+/// It is not served yet; the refusal says what was looked for, so that outside a cluster the
+/// answer is not "no such directory".
+fn refuse_k8s_source(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let k8s = Path::new("k8s");
+    if !paths.iter().any(|p| p == k8s) || k8s.exists() {
+        return Ok(());
+    }
+    let kubeconfig = std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".kube/config")))
+        .filter(|p| p.is_file());
+    let in_cluster = Path::new(IN_CLUSTER_TOKEN).is_file();
+    match (kubeconfig, in_cluster) {
+        (None, false) => bail!(
+            "--config k8s reads the Kubernetes API, but no kubeconfig ($KUBECONFIG, ~/.kube/config) and no in-cluster service account ({IN_CLUSTER_TOKEN}) was found; outside a cluster, pass Istio YAML files or directories"
+        ),
+        (Some(path), _) => bail!(
+            "--config k8s (the Kubernetes API, found kubeconfig {}) is not served by this egressd yet; mount the Istio resources as files (a ConfigMap) and pass their directory",
+            path.display()
+        ),
+        (None, true) => bail!(
+            "--config k8s (the Kubernetes API, in-cluster service account found) is not served by this egressd yet; mount the Istio resources as files (a ConfigMap) and pass their directory"
+        ),
+    }
+}
+
 impl ConfigArgs {
     /// The bootstrap: defaults, then the file, then these flags.
     pub fn bootstrap(&self) -> anyhow::Result<Bootstrap> {
+        refuse_k8s_source(&self.config)?;
         let mut b = match &self.bootstrap {
             Some(path) => Bootstrap::from_file(path)?,
             None => Bootstrap::default(),

@@ -321,3 +321,34 @@ fn example_config_compiles_cleanly() {
     assert_eq!(names, ["0.0.0.0_8080", "0.0.0.0_8443"]);
     assert!(s.diagnostics.is_empty(), "{:?}", s.diagnostics);
 }
+
+/// Issue 18, item 6: `--config k8s` outside a cluster says what it looked for, not "no such
+/// directory"; with a kubeconfig it says plainly that the API source is not served yet.
+#[test]
+fn config_k8s_says_what_it_looked_for() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |kubeconfig: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_egressd"));
+        cmd.args(["check", "--config", "k8s"])
+            .current_dir(home.path())
+            .env("HOME", home.path())
+            .env_remove("KUBECONFIG");
+        if let Some(path) = kubeconfig {
+            cmd.env("KUBECONFIG", path);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(None);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--config k8s reads the Kubernetes API, but no kubeconfig ($KUBECONFIG, ~/.kube/config) and no in-cluster service account"),
+        "{err}"
+    );
+    assert!(!err.contains("No such file"), "{err}");
+    let kubeconfig = home.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\n").unwrap();
+    let (code, err) = run(Some(&kubeconfig));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("is not served by this egressd yet"), "{err}");
+}
