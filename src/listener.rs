@@ -60,6 +60,7 @@ impl Listeners {
     /// bound; addresses already bound are never touched.
     pub fn reconcile(&self) -> anyhow::Result<()> {
         let current = self.snapshot.load_full();
+        self.shared.register_rbac_stats(&current);
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let wanted: HashMap<SocketAddr, &str> =
             current.listeners.iter().map(|l| (l.address, l.name.as_str())).collect();

@@ -76,6 +76,36 @@ impl Shared {
         s
     }
 
+    /// Registers (at 0) the RBAC counters of every chain a config's policies apply to, as Envoy
+    /// creates them with its filters when a config is loaded.
+    pub fn register_rbac_stats(&self, snapshot: &crate::routing::Snapshot) {
+        use crate::routing::snapshot::{ChainKind, ListenerKind};
+        let authz = &snapshot.authz;
+        let mut tcp = false;
+        for l in &snapshot.listeners {
+            let http = |prefix: &str| {
+                if !authz.http.is_empty() {
+                    self.rbac_stats(Some(prefix)).register_for(&authz.http);
+                }
+            };
+            match &l.kind {
+                ListenerKind::Http(hcm) => http(&hcm.stat_prefix),
+                ListenerKind::Tcp(_) => tcp = true,
+                ListenerKind::Tls(chains) => {
+                    for chain in chains {
+                        match &chain.kind {
+                            ChainKind::TerminateHttp { http: hcm, .. } => http(&hcm.stat_prefix),
+                            _ => tcp = true,
+                        }
+                    }
+                }
+            }
+        }
+        if tcp && !authz.tcp.is_empty() {
+            self.rbac_stats(None).register_for(&authz.tcp);
+        }
+    }
+
     /// The RBAC counters of an HTTP connection manager (`Some(prefix)`) or of TCP chains.
     pub fn rbac_stats(&self, http_prefix: Option<&str>) -> Arc<RbacStats> {
         let key = http_prefix.unwrap_or("");

@@ -317,6 +317,10 @@ fn passthrough_is_decided_by_sni() {
         ),
     );
     let egressd = mesh.start(LogFormat::Text);
+    // Registered at 0 with the config, before any traffic, as Envoy creates them with its filters.
+    assert_eq!(egressd.stat("tcp.rbac.denied"), Some(0));
+    assert_eq!(egressd.stat("tcp.rbac.istio_dry_run_allow_.shadow_denied"), Some(0));
+    assert_eq!(egressd.stat("tcp.rbac.istio_dry_run_deny_.shadow_denied"), None);
     let addr = egressd.gateway_addr(443);
     let fetch = |sni: &'static str| {
         let public_ca = &public_ca;
