@@ -124,6 +124,65 @@ async fn read_for(s: &mut TcpStream, wait: Duration) -> Raw {
     }
 }
 
+/// How many whole responses `text` holds (heads, then `content-length` bodies; a `101` ends
+/// at its head).
+fn complete_responses(text: &str) -> usize {
+    let mut rest = text;
+    let mut n = 0;
+    while let Some(start) = rest.find("HTTP/1.") {
+        let Some(end) = rest[start..].find("\r\n\r\n").map(|e| start + e + 4) else {
+            break;
+        };
+        let head = rest[start..end].to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let body_end = if head.starts_with("http/1.1 101") {
+            end
+        } else {
+            end + length
+        };
+        if rest.len() < body_end {
+            break;
+        }
+        n += 1;
+        rest = &rest[body_end..];
+    }
+    n
+}
+
+/// Reads until `n` whole responses arrived (5 s at most), or the gateway closed.
+async fn read_responses(s: &mut TcpStream, n: usize) -> Raw {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let closed = loop {
+        if complete_responses(&String::from_utf8_lossy(&out)) >= n {
+            break None;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => break None,
+            Ok(Ok(0)) => break Some(false),
+            Ok(Ok(read)) => out.extend_from_slice(&buf[..read]),
+            Ok(Err(_)) => break Some(true),
+        }
+    };
+    Raw {
+        text: String::from_utf8_lossy(&out).into_owned(),
+        closed,
+    }
+}
+
+/// Writes `bytes` on a new connection and reads `n` whole responses.
+async fn raw_responses(g: &Gateway, bytes: &[u8], n: usize) -> Raw {
+    let mut s = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    read_responses(&mut s, n).await
+}
+
 /// The access-log line containing `needle` (waits up to 5 s).
 async fn log_line(e: &Egressd, needle: &str) -> String {
     nth_log_line(e, needle, 0).await
@@ -261,7 +320,7 @@ async fn connect_and_asterisk_form_are_answered_by_the_gateway() {
     let mut s = TcpStream::connect(g.e.gateway_addr(80)).await.unwrap();
     let options = format!("OPTIONS * HTTP/1.1\r\nhost: {HOST}\r\n\r\nGET /after HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
     s.write_all(options.as_bytes()).await.unwrap();
-    let r = read_for(&mut s, Duration::from_millis(700)).await;
+    let r = read_responses(&mut s, 2).await;
     assert!(r.text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{r:?}");
     assert!(
         r.text.contains("HTTP/1.1 200 OK\r\n"),
@@ -287,25 +346,25 @@ async fn connect_and_asterisk_form_are_answered_by_the_gateway() {
 async fn accepted_requests_are_forwarded_normalized() {
     let g = start().await;
     let h = format!("host: {HOST}\r\n");
-    let r = raw(
+    let r = raw_responses(
         &g,
         format!("POST /zeros HTTP/1.1\r\n{h}content-length: 0002\r\n\r\nhi").as_bytes(),
-        Duration::from_millis(500),
+        1,
     )
     .await;
     assert_eq!(r.status(), Some(200), "{r:?}");
-    let r = raw(
+    let r = raw_responses(
         &g,
         format!("POST /chunks HTTP/1.1\r\n{h}transfer-encoding: chunked\r\n\r\n0005;a=\"b c\";d\r\nhello\r\n0\r\n\r\n")
             .as_bytes(),
-        Duration::from_millis(500),
+        1,
     )
     .await;
     assert_eq!(r.status(), Some(200), "{r:?}");
-    let r = raw(
+    let r = raw_responses(
         &g,
         format!("GET http://{HOST}/absolute HTTP/1.1\r\nhost: other.example\r\n\r\n").as_bytes(),
-        Duration::from_millis(500),
+        1,
     )
     .await;
     assert_eq!(r.status(), Some(200), "{r:?}");
@@ -352,12 +411,7 @@ async fn upstream_framing_errors_are_502_upe_and_not_retried() {
         "/interim-flood",
     ] {
         let before = g.origin.heads().len();
-        let r = raw(
-            &g,
-            format!("GET {path} HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes(),
-            Duration::from_millis(700),
-        )
-        .await;
+        let r = raw_responses(&g, format!("GET {path} HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes(), 1).await;
         assert_eq!(r.status(), Some(502), "{path}: {r:?}");
         assert!(
             r.text
@@ -375,10 +429,10 @@ async fn upstream_framing_errors_are_502_upe_and_not_retried() {
         g.e.stat("cluster.outbound|80||strict.example.com.upstream_rq_retry"),
         Some(0)
     );
-    let r = raw(
+    let r = raw_responses(
         &g,
         format!("GET /interim HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes(),
-        Duration::from_millis(500),
+        1,
     )
     .await;
     assert!(
@@ -426,7 +480,7 @@ async fn the_access_log_names_the_address_a_connection_arrived_on() {
         s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
             .await
             .unwrap();
-        let r = read_for(&mut s, Duration::from_millis(300)).await;
+        let r = read_responses(&mut s, 1).await;
         assert_eq!(r.status(), Some(200), "{r:?}");
         let line = log_line(&g.e, &format!("\"GET {path} HTTP/1.1\" 200")).await;
         assert!(line.contains(&format!(" {arrived} 127.0.0.1:")), "{line}");
@@ -445,7 +499,7 @@ async fn websocket_upgrades_become_tunnels() {
         "GET /ws HTTP/1.1\r\nhost: {HOST}\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
     );
     s.write_all(upgrade.as_bytes()).await.unwrap();
-    let r = read_for(&mut s, Duration::from_millis(500)).await;
+    let r = read_responses(&mut s, 1).await;
     assert!(r.text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{r:?}");
     let head = r.text.to_ascii_lowercase();
     assert!(
@@ -504,7 +558,7 @@ async fn websocket_upgrades_become_tunnels() {
         "GET /declined HTTP/1.1\r\nhost: {HOST}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nGET /next HTTP/1.1\r\nhost: {HOST}\r\n\r\n"
     );
     s.write_all(declined.as_bytes()).await.unwrap();
-    let r = read_for(&mut s, Duration::from_millis(500)).await;
+    let r = read_responses(&mut s, 2).await;
     assert_eq!(r.text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{r:?}");
 }
 
