@@ -14,7 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::stats::{render, RenderOptions};
 
 /// Which listener a request came in on: each serves a subset of paths, like istio-proxy's.

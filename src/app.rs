@@ -10,49 +10,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::cli::{check, RunArgs};
-use crate::config::{self, Bootstrap, Severity};
-use crate::routing::{self, Snapshot};
+use crate::config::{Bootstrap, Severity};
+use crate::routing::Snapshot;
+use crate::state::AppState;
 use crate::stats;
-
-/// What every part of the running process shares.
-pub struct AppState {
-    pub bootstrap: Bootstrap,
-    pub config_paths: Vec<std::path::PathBuf>,
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    pub stats: stats::Store,
-    pub server_stats: stats::ServerStats,
-    pub started: Instant,
-    pub started_at: SystemTime,
-    pub concurrency: usize,
-    /// The last config reload error, shown in `/config_dump`.
-    pub last_reload_error: Mutex<Option<String>>,
-    /// Set to true to stop the process (`/quitquitquit`, signals).
-    pub shutdown: watch::Sender<bool>,
-    /// The data plane's shared state, once the listeners are up (for `/clusters`).
-    pub shared: Mutex<Option<Arc<crate::proxy::Shared>>>,
-    pub drain: crate::drain::Drain,
-}
-
-impl AppState {
-    pub fn request_shutdown(&self) {
-        self.shutdown.send_replace(true);
-    }
-}
-
-/// Loads the config paths and compiles them; the error lists every problem.
-pub fn load_and_compile(
-    paths: &[std::path::PathBuf],
-    bootstrap: &Bootstrap,
-) -> Result<Snapshot, routing::CompileError> {
-    let loaded = config::load_paths(paths, &bootstrap.default_namespace);
-    routing::compile(&loaded, bootstrap)
-}
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing();
     let bootstrap = args.bootstrap()?;
     let loaded_hash = crate::reload::content_hash(&args.config.config).unwrap_or_default();
-    let snapshot = match load_and_compile(&args.config.config, &bootstrap) {
+    let snapshot = match crate::routing::load_and_compile(&args.config.config, &bootstrap) {
         Ok(s) => s,
         Err(e) => {
             eprint!("{}", check::render_diagnostics(&e.diagnostics));

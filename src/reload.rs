@@ -12,8 +12,9 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::app::{load_and_compile, AppState};
 use crate::listener::Listeners;
+use crate::routing::load_and_compile;
+use crate::state::AppState;
 
 /// The files must be quiet this long before they are read: events closer together are one
 /// change (editors and kubelet write in bursts, `cp` truncates and then writes in pieces).
@@ -98,7 +99,7 @@ pub fn reload(state: &AppState, listeners: &Listeners) {
 /// Watches each path's directory (a file's parent), non-recursively.
 fn watch_paths(paths: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| is_change(&e.kind)) {
+        if event.is_ok_and(|e| crate::file_events::is_change(&e.kind)) {
             let _ = tx.send(());
         }
     })
@@ -115,18 +116,6 @@ fn watch_paths(paths: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<notif
         }
     }
     Some(watcher)
-}
-
-/// Whether a file-system event can mean new content (config files here, certificates in
-/// `tls::certs`). Opening, reading and closing a file unwritten are not changes, and must not
-/// count: the check itself reads the files, and each read would schedule the next one.
-pub(crate) fn is_change(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode, EventKind};
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        _ => true,
-    }
 }
 
 /// A hash of every config file's name and content, as loading would read them; `None` when
@@ -155,33 +144,4 @@ pub fn content_hash(paths: &[PathBuf]) -> Option<u64> {
         }
     }
     Some(hasher.finish())
-}
-
-#[cfg(test)]
-mod tests {
-    use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RemoveKind, RenameMode};
-
-    use super::is_change;
-
-    #[test]
-    fn reads_are_not_changes() {
-        for read in [
-            AccessKind::Open(AccessMode::Any),
-            AccessKind::Read,
-            AccessKind::Close(AccessMode::Read),
-            AccessKind::Any,
-        ] {
-            assert!(!is_change(&EventKind::Access(read)), "{read:?}");
-        }
-        for change in [
-            EventKind::Access(AccessKind::Close(AccessMode::Write)),
-            EventKind::Create(CreateKind::File),
-            EventKind::Modify(ModifyKind::Any),
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-            EventKind::Remove(RemoveKind::File),
-            EventKind::Any,
-        ] {
-            assert!(is_change(&change), "{change:?}");
-        }
-    }
 }

@@ -10,3 +10,12 @@ pub mod snapshot;
 
 pub use compile::{compile, CompileError};
 pub use snapshot::Snapshot;
+
+/// Loads the config paths and compiles them; the error lists every problem.
+pub fn load_and_compile(
+    paths: &[std::path::PathBuf],
+    bootstrap: &crate::config::Bootstrap,
+) -> Result<Snapshot, CompileError> {
+    let loaded = crate::config::load_paths(paths, &bootstrap.default_namespace);
+    compile(&loaded, bootstrap)
+}

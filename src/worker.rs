@@ -5,27 +5,7 @@
 //! cross-thread wake-ups on the request path. The control plane (admin, reload, signals) runs
 //! on the main thread's runtime.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use tokio::runtime::Handle;
-
-thread_local! {
-    static INDEX: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Workers started in this process (1 until `Workers::start`).
-static COUNT: AtomicUsize = AtomicUsize::new(1);
-
-/// This thread's worker number; 0 on any thread that is not a worker.
-pub fn index() -> usize {
-    INDEX.get()
-}
-
-/// How many workers the process runs: per-worker state is sharded this many ways.
-pub fn count() -> usize {
-    COUNT.load(Ordering::Relaxed)
-}
 
 /// A timer always due within a second, which is what a worker's event loop runs. tokio wakes
 /// its own driver (a write to the worker's eventfd, and one more `epoll_wait`) whenever a new
@@ -56,7 +36,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("egressd-wrk-{index}"))
                 .spawn(move || {
-                    INDEX.set(index);
+                    crate::shard::set_index(index);
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_io()
                         .enable_time()
@@ -76,7 +56,7 @@ impl Workers {
                 .map_err(|_| std::io::Error::other("a worker thread ended while starting"))??;
             handles.push(handle);
         }
-        COUNT.store(n, Ordering::Relaxed);
+        crate::shard::set_count(n);
         Ok(Workers { handles })
     }
 
@@ -89,6 +69,7 @@ impl Workers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::{count, index};
 
     #[test]
     fn each_worker_runs_tasks_on_its_own_thread_and_knows_its_index() {

@@ -349,7 +349,7 @@ impl ListenerStats {
     }
 
     fn worker(&self) -> &(Counter, Gauge) {
-        &self.per_worker[crate::worker::index() % self.per_worker.len()]
+        &self.per_worker[crate::shard::index() % self.per_worker.len()]
     }
 
     /// `addr_name` is Istio's listener name, `0.0.0.0_8080`.
@@ -372,7 +372,7 @@ impl ListenerStats {
             ssl_fail_verify_no_cert: c(listener::SSL_FAIL_VERIFY_NO_CERT),
             ssl_fail_verify_error: c(listener::SSL_FAIL_VERIFY_ERROR),
             ssl_fail_verify_san: c(listener::SSL_FAIL_VERIFY_SAN),
-            per_worker: (0..crate::worker::count())
+            per_worker: (0..crate::shard::count())
                 .map(|i| {
                     let (id, scope) = (i.to_string(), listener::SCOPE);
                     let stat = |suffix: &str| {

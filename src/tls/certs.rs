@@ -371,7 +371,7 @@ impl ServerCerts {
             let changes = self.changes.clone();
             let handler = move |event: notify::Result<notify::Event>| {
                 if let Ok(event) = event {
-                    if crate::reload::is_change(&event.kind) {
+                    if crate::file_events::is_change(&event.kind) {
                         changes.fetch_add(1, Ordering::Release);
                     }
                 }

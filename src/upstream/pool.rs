@@ -150,7 +150,7 @@ impl Sender {
 pub struct Pool {
     protocol: UpstreamProtocol,
     max_requests_per_connection: Option<u32>,
-    /// One per worker, indexed by `crate::worker::index()`.
+    /// One per worker, indexed by `crate::shard::index()`.
     shards: Box<[Mutex<Shard>]>,
 }
 
@@ -159,7 +159,7 @@ impl Pool {
         Pool {
             protocol: config.protocol,
             max_requests_per_connection: config.limits.max_requests_per_connection,
-            shards: (0..crate::worker::count()).map(|_| Mutex::default()).collect(),
+            shards: (0..crate::shard::count()).map(|_| Mutex::default()).collect(),
         }
     }
 
@@ -170,7 +170,7 @@ impl Pool {
 
     /// This worker's shard.
     fn mine(&self) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[crate::worker::index() % self.shards.len()]
+        self.shards[crate::shard::index() % self.shards.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
