@@ -2,6 +2,7 @@
 //! the cluster runtime, the access log, and stat families resolved once per prefix.
 
 pub mod body;
+pub mod headers;
 pub mod http;
 pub mod local_reply;
 pub mod tcp;
