@@ -68,13 +68,7 @@ impl Shared {
 
     /// The `tcp.<prefix>.` stats, resolved once per prefix.
     pub fn tcp_stats(&self, prefix: &str) -> Arc<TcpProxyStats> {
-        let mut map = self.tcp_stats.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = map.get(prefix) {
-            return s.clone();
-        }
-        let s = Arc::new(TcpProxyStats::new(&self.store, prefix));
-        map.insert(prefix.to_string(), s.clone());
-        s
+        cached(&self.tcp_stats, prefix, || TcpProxyStats::new(&self.store, prefix))
     }
 
     /// Registers (at 0) the RBAC counters of every chain a config's policies apply to, as Envoy
@@ -109,30 +103,30 @@ impl Shared {
 
     /// The RBAC counters of an HTTP connection manager (`Some(prefix)`) or of TCP chains.
     pub fn rbac_stats(&self, http_prefix: Option<&str>) -> Arc<RbacStats> {
-        let key = http_prefix.unwrap_or("");
-        let mut map = self.rbac_stats.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = map.get(key) {
-            return s.clone();
-        }
-        let s = Arc::new(match http_prefix {
+        cached(&self.rbac_stats, http_prefix.unwrap_or(""), || match http_prefix {
             Some(prefix) => RbacStats::http(&self.store, prefix),
             None => RbacStats::tcp(&self.store),
-        });
-        map.insert(key.to_string(), s.clone());
-        s
+        })
     }
 
     /// The `http.<prefix>.` stats, resolved once per prefix (one map lookup per connection,
     /// none per request).
     pub fn hcm_stats(&self, prefix: &str) -> Arc<HttpConnManagerStats> {
-        let mut map = self.hcm_stats.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = map.get(prefix) {
-            return s.clone();
-        }
-        let s = Arc::new(HttpConnManagerStats::new(&self.store, prefix));
-        map.insert(prefix.to_string(), s.clone());
-        s
+        cached(&self.hcm_stats, prefix, || {
+            HttpConnManagerStats::new(&self.store, prefix)
+        })
     }
+}
+
+/// A stat family by its prefix, made once (one map lookup per connection, none per request).
+fn cached<T>(map: &Mutex<HashMap<String, Arc<T>>>, key: &str, make: impl FnOnce() -> T) -> Arc<T> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = map.get(key) {
+        return s.clone();
+    }
+    let s = Arc::new(make());
+    map.insert(key.to_string(), s.clone());
+    s
 }
 
 /// The principal RBAC matches: the peer certificate's SPIFFE id without `spiffe://`.

@@ -206,11 +206,8 @@ fn authorize(
             headers: &parts.headers,
         }),
     };
-    let stats = conn.rbac.get_or_init(|| {
-        let stats = conn.shared.rbac_stats(Some(&hcm.stat_prefix));
-        stats.register_for(filters);
-        stats
-    });
+    // Registered with the config (`Shared::register_rbac_stats`); looked up once per connection.
+    let stats = conn.rbac.get_or_init(|| conn.shared.rbac_stats(Some(&hcm.stat_prefix)));
     if filters.has_dry_run() {
         record.rbac_dry_run = filters.dry_run(&attributes).map(Into::into);
     }

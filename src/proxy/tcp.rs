@@ -93,7 +93,6 @@ where
             http: None,
         };
         let stats = ctx.shared.rbac_stats(None);
-        stats.register_for(filters);
         if filters.has_dry_run() {
             record.rbac_dry_run = filters.dry_run(&attributes).map(Into::into);
         }

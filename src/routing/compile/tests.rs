@@ -437,4 +437,39 @@ mod authz {
             "{warnings:#?}"
         );
     }
+
+    /// Every source, operation and `when` field reaches the evaluation: service accounts,
+    /// addresses (peer, remote, destination), methods, paths (templates too), request headers,
+    /// destination ports, and their negations.
+    #[test]
+    fn every_field_is_evaluated() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-team", http::HeaderValue::from_static("payments"));
+        let base = http(Some(SLEEP), "edition.cnn.com", &headers);
+        let allows = |rule: &str, a: &Attributes<'_>| {
+            let yaml = format!("---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: f, namespace: istio-system}}\nspec:\n  rules:\n  - {rule}\n");
+            decide(&policies(&yaml).http, a).0 == Decision::Allow
+        };
+        let cases: [(&str, bool); 16] = [
+            ("from: [{source: {serviceAccounts: [default/sleep]}}]", true),
+            ("from: [{source: {serviceAccounts: [other/sleep]}}]", false),
+            ("from: [{source: {notServiceAccounts: [default/sleep]}}]", false),
+            ("from: [{source: {ipBlocks: [127.0.0.0/8]}}]", true),
+            ("from: [{source: {notIpBlocks: [127.0.0.1]}}]", false),
+            ("from: [{source: {remoteIpBlocks: [10.0.0.0/8]}}]", false),
+            ("to: [{operation: {methods: [GET]}}]", true),
+            ("to: [{operation: {notMethods: [GET]}}]", false),
+            ("to: [{operation: {paths: ['/pol*']}}]", true),
+            ("to: [{operation: {paths: ['/{*}']}}]", true),
+            ("to: [{operation: {notPaths: ['*tics']}}]", false),
+            ("to: [{operation: {ports: ['8080']}}]", true),
+            ("when: [{key: destination.ip, values: [127.0.0.1]}]", true),
+            ("when: [{key: 'request.headers[X-Team]', values: [pay*]}]", true),
+            ("when: [{key: 'request.headers[x-team]', notValues: [payments]}]", false),
+            ("when: [{key: source.principal, values: ['*/sa/sleep']}]", true),
+        ];
+        for (rule, allowed) in cases {
+            assert_eq!(allows(rule, &base), allowed, "{rule}");
+        }
+    }
 }
